@@ -1,0 +1,257 @@
+"""Batch map: apply a function to every item of the working dataset, in parallel.
+
+``batch_map(func, items)`` runs ``func(item) -> dict`` for each item on the available
+cores (chunks of items per task, so scheduling overhead stays far below the work), calls
+``progress(done, total)`` as chunks finish, **collects per-item errors instead of
+aborting**, and returns a :class:`pandas.DataFrame` with one row per item in input order
+and an ``error`` column (empty string when the item succeeded).
+
+Engines share one small interface (:class:`Engine`). The default is a process pool
+(``forkserver`` start method: safe inside a threaded server); ``SerialEngine`` runs in
+process (tests, tiny batches). A Dask engine plugs in through the same interface.
+
+``func`` must be picklable: a module-level function or a ``functools.partial`` of one.
+For the common case — load an entry, run an operation chain, measure — use
+:class:`PipelineTask`.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "batch_map",
+    "Engine",
+    "SerialEngine",
+    "ProcessEngine",
+    "PipelineTask",
+    "default_engine",
+    "error_reason",
+]
+
+Progress = Callable[[int, int], None]
+
+
+def error_reason(exc: BaseException) -> str:
+    """Plain-language reason for a per-item failure (no traceback, no paths beyond the name)."""
+    from analysis.io import LoadError  # local import: io is heavy
+
+    if isinstance(exc, LoadError):
+        return exc.reason
+    if isinstance(exc, ValueError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory while processing this image"
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _run_chunk(func: Callable[[Any], dict], chunk: Sequence[tuple[int, Any]]) -> list[tuple[int, dict]]:
+    out: list[tuple[int, dict]] = []
+    for idx, item in chunk:
+        try:
+            row = func(item)
+            if not isinstance(row, dict):
+                row = {"value": row}
+            row.setdefault("error", "")
+        except Exception as exc:  # noqa: BLE001 - per-item errors are data, not crashes
+            row = {"error": error_reason(exc)}
+        out.append((idx, row))
+    return out
+
+
+class Engine(Protocol):
+    workers: int
+
+    def map_chunks(
+        self,
+        func: Callable[[Any], dict],
+        chunks: list[list[tuple[int, Any]]],
+        on_chunk: Callable[[list[tuple[int, dict]]], None],
+    ) -> None:
+        """Run ``_run_chunk(func, chunk)`` for every chunk; call ``on_chunk`` with each result."""
+
+
+class SerialEngine:
+    workers = 1
+
+    def map_chunks(self, func, chunks, on_chunk) -> None:  # type: ignore[no-untyped-def]
+        for chunk in chunks:
+            on_chunk(_run_chunk(func, chunk))
+
+
+class ProcessEngine:
+    """Process pool on the local cores. A crash of a native decoder in one worker marks
+    that chunk's items as failed and the pool is rebuilt; the batch goes on."""
+
+    _lock = threading.Lock()
+    _shared: dict[int, ProcessPoolExecutor] = {}
+
+    def __init__(self, workers: int | None = None, *, max_tasks_per_child: int | None = None) -> None:
+        self.workers = max(1, int(workers or os.cpu_count() or 1))
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            pool = self._shared.get(self.workers)
+            if pool is None:
+                ctx = mp.get_context("forkserver")
+                try:
+                    ctx.set_forkserver_preload(["analysis.batch", "analysis.io", "analysis.registry"])
+                except Exception:  # noqa: BLE001 - preload is an optimisation only
+                    pass
+                pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+                self._shared[self.workers] = pool
+            return pool
+
+    def _reset(self) -> None:
+        with self._lock:
+            pool = self._shared.pop(self.workers, None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def map_chunks(self, func, chunks, on_chunk) -> None:  # type: ignore[no-untyped-def]
+        pending = list(chunks)
+        while pending:
+            pool = self._pool()
+            futs = {pool.submit(_run_chunk, func, c): c for c in pending}
+            pending = []
+            broken = False
+            not_done = set(futs)
+            while not_done:
+                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
+                for f in done:
+                    chunk = futs[f]
+                    try:
+                        on_chunk(f.result())
+                    except BrokenProcessPool:
+                        broken = True
+                        if len(chunk) == 1:
+                            on_chunk([(chunk[0][0], {"error": "the decoder crashed on this file (worker process died)"})])
+                        else:  # retry items one by one to find the culprit
+                            pending.extend([[it] for it in chunk])
+            if broken:
+                self._reset()
+
+
+def default_engine(n_items: int, workers: int | None = None) -> Engine:
+    """Serial for tiny batches (process start-up would dominate), else the process pool."""
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or n_items < 8 or os.environ.get("MEDLENS_SERIAL") == "1":
+        return SerialEngine()
+    return ProcessEngine(workers)
+
+
+def batch_map(
+    func: Callable[[Any], dict],
+    items: Iterable[Any],
+    *,
+    engine: Engine | None = None,
+    workers: int | None = None,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+    keys: Sequence[Any] | None = None,
+) -> pd.DataFrame:
+    """Apply ``func`` to every item; one result row per item (input order), errors collected.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(item) -> dict`` of scalar results; must be picklable for process engines.
+    items : iterable
+        Work items (typically dataset entries: dicts with ``id`` and ``path``).
+    engine : Engine, optional
+        Defaults to :func:`default_engine`.
+    chunk_size : int, optional
+        Items per task; default makes ≥ 4 chunks per worker and ≤ 64 items per chunk.
+    progress : callable, optional
+        ``progress(done, total)`` after each finished chunk (and once at 0).
+    keys : sequence, optional
+        Values for an ``item`` column (default: ``item["id"]`` when items are dicts).
+    """
+    items = list(items)
+    n = len(items)
+    engine = engine or default_engine(n, workers)
+    if chunk_size is None:
+        per = max(1, engine.workers * 4)
+        chunk_size = int(min(64, max(1, math.ceil(n / per))))
+    indexed = list(enumerate(items))
+    chunks = [indexed[i : i + chunk_size] for i in range(0, n, chunk_size)]
+    rows: list[dict | None] = [None] * n
+    done = 0
+    if progress:
+        progress(0, n)
+
+    def on_chunk(res: list[tuple[int, dict]]) -> None:
+        nonlocal done
+        for idx, row in res:
+            rows[idx] = row
+        done += len(res)
+        if progress:
+            progress(done, n)
+
+    engine.map_chunks(func, chunks, on_chunk)
+    out = pd.DataFrame([r if r is not None else {"error": "not run"} for r in rows])
+    if "error" not in out.columns:
+        out["error"] = ""
+    out["error"] = out["error"].fillna("")
+    if keys is None and items and isinstance(items[0], dict) and "id" in items[0]:
+        keys = [it.get("id") for it in items]
+    if keys is not None:
+        out.insert(0, "item", list(keys))
+    return out
+
+
+# ----------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class PipelineTask:
+    """Load a dataset entry, run an operation chain on one plane, measure.
+
+    ``steps``: ``((operation_key, params), ...)``; ``measure``: a module-level function
+    ``measure(before: ndarray, result: Result, entry: dict, image: Image) -> dict`` (or
+    None: basic statistics of the output). Entries are dicts with at least ``path`` (and
+    ``id``); an entry's ``root`` key, if any, is joined to relative paths.
+    """
+
+    steps: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    measure: Callable[..., dict] | None = None
+    plane: str = "middle"  # which plane of volumes / multi-frame
+
+    @staticmethod
+    def make(steps: Sequence[tuple[str, dict]], measure: Callable[..., dict] | None = None) -> "PipelineTask":
+        frozen = tuple((k, tuple(sorted((p or {}).items()))) for k, p in steps)
+        return PipelineTask(steps=frozen, measure=measure)
+
+    def __call__(self, entry: dict) -> dict:
+        from analysis.dataset import load_entry
+        from analysis.registry import run_chain
+
+        image = load_entry(entry)
+        plane = image.plane(image.n_planes // 2) if image.n_planes > 1 else image
+        before = plane.grey()
+        steps = [(k, dict(p)) for k, p in self.steps]
+        result = run_chain(steps, before, spacing=plane.spacing, units=plane.units)
+        if self.measure is not None:
+            return dict(self.measure(before, result, entry, plane))
+        out = result.primary if result.primary is not None else before
+        a = np.asarray(out, dtype=np.float32)
+        return {"mean": float(np.nanmean(a)), "std": float(np.nanstd(a)), "min": float(np.nanmin(a)), "max": float(np.nanmax(a))}
+
+
+@dataclass(frozen=True)
+class CallTask:
+    """Picklable ``func(entry, **kwargs)`` wrapper for arbitrary module-level functions."""
+
+    func: Callable[..., dict]
+    kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    def __call__(self, entry: Any) -> dict:
+        return self.func(entry, **dict(self.kwargs))

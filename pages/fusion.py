@@ -1,0 +1,4 @@
+from ui.common import header, not_built
+
+header("Fusion")
+not_built("The Fusion page", "tracked in its own issue")

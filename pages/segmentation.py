@@ -1,0 +1,4 @@
+from ui.common import header, not_built
+
+header("Segmentation")
+not_built("The Segmentation page", "tracked in its own issue")

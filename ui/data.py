@@ -1,0 +1,280 @@
+"""The working dataset and cached image access for every page.
+
+Caching rules (Streamlit caches are shared by every user of a server):
+
+* every cached function takes a *digest* argument (content hash of the file bytes, or of an
+  upload) plus parameters; arrays and entries travel as ``_``-prefixed arguments that
+  Streamlit does not hash;
+* anything derived from an upload is cached with ``scope="session"``, so another session
+  can never receive it even with the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis import batch as _batch
+from analysis import dataset as ds
+from analysis.display import downsample, to_display
+from analysis.image import Image
+from ui import state
+from ui.common import show_errors
+
+THUMB = 96
+
+
+# ----------------------------------------------------------------------------- digests
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a folder: of its members' names, sizes and mtimes)."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st_ = p.stat()
+                h.update(f"{p.relative_to(path)}|{st_.st_size}|{st_.st_mtime_ns}".encode())
+        return "dir:" + h.hexdigest()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=20000, ttl=3600)
+def _stat_digest(path: str, size: int, mtime_ns: int) -> str:
+    # keyed on path+size+mtime so unchanged files are hashed once; the *returned* digest is
+    # the content hash that all other caches key on.
+    return file_digest(Path(path))
+
+
+def entry_digest(entry: dict[str, Any]) -> str:
+    p = ds.entry_path(entry)
+    if entry.get("role") == "upload":
+        return f"upload:{entry['id']}"
+    try:
+        s = p.stat()
+    except OSError:
+        return f"missing:{p}"
+    return _stat_digest(str(p), s.st_size, s.st_mtime_ns)
+
+
+# ----------------------------------------------------------------------------- datasets
+@st.cache_data(show_spinner="Reading the sample dataset…", max_entries=4)
+def _sample(manifest_digest: str) -> ds.Dataset:
+    return ds.load_sample()
+
+
+def sample_dataset() -> ds.Dataset | None:
+    path = ds.sample_manifest_path()
+    if not path.exists():
+        return None
+    return _sample(file_digest(path))
+
+
+@st.cache_data(show_spinner="Indexing folder…", max_entries=8, ttl=600, scope="session")
+def _folder(folder: str, _stamp: float) -> ds.Dataset:
+    return ds.scan_folder(folder)
+
+
+def working_dataset() -> ds.Dataset | None:
+    """The dataset every page works on (sample, this session's uploads, or a folder)."""
+    src = state.get(state.K_SOURCE, "sample")
+    if src == "upload":
+        up = state.get(state.K_UPLOADS)
+        return up if up is not None and len(up) else None
+    if src == "folder":
+        folder = state.get(state.K_FOLDER)
+        if not folder:
+            return None
+        try:
+            return _folder(folder, os.stat(folder).st_mtime)
+        except (OSError, FileNotFoundError) as exc:
+            st.error(f"Cannot read that folder: {type(exc).__name__}")
+            return None
+    return sample_dataset()
+
+
+def add_uploads(files: list[tuple[str, bytes]]) -> ds.Dataset:
+    current = state.get(state.K_UPLOADS)
+    new = ds.ingest_uploads(files, state.session_dir() / "uploads", existing=current)
+    state.set(state.K_UPLOADS, new)
+    state.set(state.K_UPLOAD_ERRORS, new.errors)
+    return new
+
+
+# ----------------------------------------------------------------------------- images
+@st.cache_data(show_spinner=False, max_entries=64, ttl=3600)
+def _load_shared(digest: str, _entry: dict[str, Any]) -> Image:
+    return ds.load_entry(_entry)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=3600, scope="session")
+def _load_session(digest: str, _entry: dict[str, Any]) -> Image:
+    return ds.load_entry(_entry)
+
+
+def load(entry: dict[str, Any]) -> Image:
+    """Load an entry (cached on its content digest; session-scoped for uploads).
+    Raises ``analysis.io.LoadError`` for unreadable files."""
+    dig = entry_digest(entry)
+    if entry.get("role") == "upload":
+        return _load_session(dig, entry)
+    return _load_shared(dig, entry)
+
+
+def load_aux(entry: dict[str, Any], column: str) -> Any:
+    """Auxiliary ground truth of an entry (mask, clean reference, label map), cached."""
+    if not str(entry.get(column, "") or ""):
+        return None
+    p = ds.entry_path(entry, column)
+    return _aux(file_digest(p), column, entry)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=3600)
+def _aux(digest: str, column: str, _entry: dict[str, Any]) -> Any:
+    return ds.load_aux(_entry, column)
+
+
+@st.cache_data(show_spinner=False, max_entries=5000, ttl=3600)
+def _thumb_shared(digest: str, _entry: dict[str, Any]) -> np.ndarray | None:
+    return _make_thumb(_entry)
+
+
+@st.cache_data(show_spinner=False, max_entries=2000, ttl=3600, scope="session")
+def _thumb_session(digest: str, _entry: dict[str, Any]) -> np.ndarray | None:
+    return _make_thumb(_entry)
+
+
+def _make_thumb(entry: dict[str, Any]) -> np.ndarray | None:
+    try:
+        img = ds.load_entry(entry)
+    except Exception:  # noqa: BLE001 - a thumbnail failure is shown as a blank tile
+        return None
+    plane = img.plane(img.n_planes // 2) if img.n_planes > 1 else img
+    return downsample(to_display(plane), THUMB)
+
+
+def thumbnail(entry: dict[str, Any]) -> np.ndarray | None:
+    dig = entry_digest(entry)
+    if entry.get("role") == "upload":
+        return _thumb_session(dig, entry)
+    return _thumb_shared(dig, entry)
+
+
+# ----------------------------------------------------------------------------- working image
+def working_entry(dataset: ds.Dataset | None = None) -> dict[str, Any] | None:
+    dataset = dataset if dataset is not None else working_dataset()
+    if dataset is None or not len(dataset):
+        return None
+    eid = state.get(state.K_IMAGE)
+    ids = dataset.entries["id"].astype(str).tolist()
+    if eid not in ids:
+        eid = ids[0]
+        state.set(state.K_IMAGE, eid)
+    return dataset.entry(eid)
+
+
+def working_image() -> tuple[dict[str, Any], Image] | None:
+    """(entry, 2-D plane Image) of the working image, or None with a message shown."""
+    from analysis.io import LoadError
+
+    entry = working_entry()
+    if entry is None:
+        st.info("No working image yet: choose a dataset on the **Home** page (the sample dataset, an upload or a folder).")
+        return None
+    try:
+        img = load(entry)
+    except LoadError as exc:
+        show_errors([{"file": exc.filename, "reason": exc.reason}])
+        return None
+    if img.n_planes > 1:
+        idx = int(state.get(state.K_PLANE, img.n_planes // 2) or 0)
+        img = img.plane(min(idx, img.n_planes - 1))
+    return entry, img
+
+
+def working_pair(default_roles: tuple[str, str] = ("fixed", "moving")) -> tuple[tuple[dict, Image], tuple[dict, Image]] | None:
+    """The working pair chosen on Home (or the first pair of the dataset with these roles)."""
+    from analysis.io import LoadError
+
+    dataset = working_dataset()
+    if dataset is None or not len(dataset):
+        st.info("No working dataset: choose one on the **Home** page.")
+        return None
+    pair = state.get(state.K_PAIR)
+    ids = set(dataset.entries["id"].astype(str))
+    if not pair or pair[0] not in ids or pair[1] not in ids:
+        pairs = dataset.pairs(default_roles) or dataset.pairs()
+        if not pairs:
+            st.info("This dataset has no image pairs. Pick two images as the working pair on the **Home** page.")
+            return None
+        pair = (str(pairs[0][0]["id"]), str(pairs[0][1]["id"]))
+        state.set(state.K_PAIR, pair)
+    out = []
+    for eid in pair:
+        entry = dataset.entry(eid)
+        try:
+            img = load(entry)
+        except LoadError as exc:
+            show_errors([{"file": exc.filename, "reason": exc.reason}])
+            return None
+        if img.n_planes > 1:
+            img = img.plane(img.n_planes // 2)
+        out.append((entry, img))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------- batch runs
+def dataset_digest(dataset: ds.Dataset) -> str:
+    h = hashlib.sha256()
+    h.update(dataset.kind.encode())
+    h.update(state.session_id().encode() if dataset.kind == "upload" else b"shared")
+    for rec in dataset.records():
+        h.update(f"{rec['id']}|{entry_digest(rec)}".encode())
+    return h.hexdigest()
+
+
+def run_over_dataset(
+    task: Callable[[dict], dict],
+    dataset: ds.Dataset,
+    *,
+    task_key: str,
+    label: str = "Running over the working dataset",
+    records: list[dict] | None = None,
+) -> pd.DataFrame:
+    """Batch-map ``task`` over the dataset with a progress bar; cached on the dataset's
+    content digest + ``task_key`` (which must encode every parameter)."""
+    key = (dataset_digest(dataset), task_key)
+    store = st.session_state.setdefault("medlens.batch_results", {})
+    if key in store:
+        return store[key]
+    shared = dataset.kind != "upload"
+    if shared and key in _BATCH_CACHE:
+        store[key] = _BATCH_CACHE[key]
+        return store[key]
+    recs = records if records is not None else dataset.records()
+    bar = st.progress(0.0, text=f"{label}: 0 / {len(recs)}")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"{label}: {done} / {total}")
+
+    df = _batch.batch_map(task, recs, progress=progress)
+    bar.empty()
+    meta_cols = [c for c in ("id", "name", "label", "modality", "subject", "role") if c in dataset.entries.columns]
+    meta = pd.DataFrame([{c: r.get(c, "") for c in meta_cols} for r in recs])
+    df = pd.concat([meta.reset_index(drop=True), df.drop(columns=["item"], errors="ignore")], axis=1)
+    store[key] = df
+    if shared:
+        _BATCH_CACHE[key] = df
+        while len(_BATCH_CACHE) > 32:
+            _BATCH_CACHE.pop(next(iter(_BATCH_CACHE)))
+    return df
+
+
+_BATCH_CACHE: dict[tuple[str, str], pd.DataFrame] = {}
