@@ -21,7 +21,7 @@ import math
 import multiprocessing as mp
 import os
 import threading
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -44,10 +44,8 @@ Progress = Callable[[int, int], None]
 
 def error_reason(exc: BaseException) -> str:
     """Plain-language reason for a per-item failure (no traceback, no paths beyond the name)."""
-    from analysis.io import LoadError  # local import: io is heavy
-
-    if isinstance(exc, LoadError):
-        return exc.reason
+    if type(exc).__name__ == "LoadError" and hasattr(exc, "reason"):  # analysis.io.LoadError
+        return str(exc.reason)
     if isinstance(exc, ValueError):
         return str(exc)
     if isinstance(exc, MemoryError):
@@ -119,27 +117,31 @@ class ProcessEngine:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def map_chunks(self, func, chunks, on_chunk) -> None:  # type: ignore[no-untyped-def]
-        pending = list(chunks)
-        while pending:
+        suspects: list[tuple[int, Any]] = []
+        futs = {}
+        try:
             pool = self._pool()
-            futs = {pool.submit(_run_chunk, func, c): c for c in pending}
-            pending = []
-            broken = False
-            not_done = set(futs)
-            while not_done:
-                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
-                for f in done:
-                    chunk = futs[f]
-                    try:
-                        on_chunk(f.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        if len(chunk) == 1:
-                            on_chunk([(chunk[0][0], {"error": "the decoder crashed on this file (worker process died)"})])
-                        else:  # retry items one by one to find the culprit
-                            pending.extend([[it] for it in chunk])
-            if broken:
+            for c in chunks:
+                futs[pool.submit(_run_chunk, func, c)] = c
+        except BrokenProcessPool:
+            done_chunks = set(map(id, futs.values()))
+            suspects.extend(it for c in chunks if id(c) not in done_chunks for it in c)
+        for f in as_completed(futs):
+            try:
+                on_chunk(f.result())
+            except BrokenProcessPool:
+                suspects.extend(futs[f])
+        if not suspects:
+            return
+        # A worker died (e.g. a native codec crashed). Re-run the affected items one at a
+        # time in a fresh pool, so only the culprit is marked failed.
+        self._reset()
+        for item in sorted(suspects, key=lambda it: it[0]):
+            try:
+                on_chunk(self._pool().submit(_run_chunk, func, [item]).result())
+            except BrokenProcessPool:
                 self._reset()
+                on_chunk([(item[0], {"error": "the decoder crashed on this file (worker process died)"})])
 
 
 def default_engine(n_items: int, workers: int | None = None) -> Engine:

@@ -136,12 +136,13 @@ def entry_path(entry: dict[str, Any], column: str = "path") -> Path:
 
 def load_entry(entry: dict[str, Any]) -> Image:
     """Load one entry as an Image (stored upload, folder series, or file)."""
-    from analysis import io
     from analysis.store import SUFFIX, load_stored
 
     p = entry_path(entry)
     if p.name.endswith(SUFFIX):
         return load_stored(p)
+    from analysis import io
+
     if p.is_dir():
         images = io.load_path(p)
         if not images:

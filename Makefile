@@ -1,0 +1,41 @@
+# MedLens — the two README commands are `make run` and `make test`; both do all set-up.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test test-fast sample setup browser-deps bench clean
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev,data]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+sample: $(STAMP)
+	$(BIN)/python data/build_sample.py
+
+## Serve the dashboard on the built-in sample dataset (http://127.0.0.1:$(PORT))
+run: sample
+	$(BIN)/streamlit run app.py --server.port $(PORT)
+
+browser-deps:
+	@bash scripts/ensure_chromium.sh
+
+## Run the whole test suite (unit, AppTest, browser) with all set-up included
+test: sample browser-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: sample
+	$(BIN)/python -m pytest -q -m "not browser and not slow"
+
+## Benchmarks: each prints medians and ratios to a baseline measured in the same run
+bench: sample
+	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f --quick || exit 1; done
+
+clean:
+	rm -rf var/sessions test-artifacts .pytest_cache
