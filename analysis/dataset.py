@@ -101,10 +101,9 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
             df[c] = ""
     if (df["id"].astype(str) == "").any():
         df["id"] = [str(i) if str(i) else f"img{k:05d}" for k, i in enumerate(df["id"])]
-    if (df["name"].astype(str) == "").all():
-        df["name"] = [Path(str(p)).name for p in df["path"]]
-    obj = [c for c in df.columns if df[c].dtype == object]
+    obj = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     df[obj] = df[obj].fillna("")
+    df["name"] = [str(n) if str(n) else Path(str(p)).name for n, p in zip(df["name"], df["path"])]
     df["id"] = df["id"].astype(str)
     return df
 
@@ -115,7 +114,22 @@ def from_manifest(manifest: str | Path, *, name: str = "sample", kind: str = "sa
     num = [c for c in df.columns if c.endswith("_mm") or c in ("noise_sigma", "blur_sigma", "slice_index")]
     for c in num:
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    df = _add_series_volumes(df)
     return Dataset(name=name, root=manifest.parent, entries=_normalise(df), kind=kind)
+
+
+def _add_series_volumes(df: pd.DataFrame) -> pd.DataFrame:
+    """For slices listed with role ``series``, add one volume entry per folder (loaded by
+    the series loader: sorted by ImagePositionPatient into a (P, M, N) volume)."""
+    if "role" not in df.columns or not (df["role"] == "series").any():
+        return df
+    rows = []
+    for folder, grp in df[df["role"] == "series"].groupby(df["path"].map(lambda p: str(Path(p).parent))):
+        first = grp.iloc[0].to_dict()
+        rows.append({**{k: "" for k in df.columns}, "id": f"volume_{Path(folder).name}", "path": folder,
+                     "name": f"{Path(folder).name}/ ({len(grp)} slices, volume)", "format": "dicom series",
+                     "modality": first.get("modality", ""), "subject": first.get("subject", ""), "role": "series volume"})
+    return pd.concat([df, pd.DataFrame(rows)], ignore_index=True)
 
 
 def load_sample() -> Dataset:

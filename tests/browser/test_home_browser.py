@@ -41,7 +41,7 @@ def test_upload_dicom_preset_truncated_and_no_identifiers(page, app_url, console
     bad.write_bytes(good.read_bytes()[:900])  # truncated in the pixel data
     open_page(page, app_url, "Home")
     page.get_by_text("Upload files", exact=True).click()
-    page.wait_for_selector('[data-testid="stFileUploaderDropzoneInput"]')
+    page.wait_for_selector('[data-testid="stFileUploaderDropzoneInput"]', state="attached")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(good), str(bad)])
     page.wait_for_selector('text=canary_ct.dcm', timeout=60_000)
     page.wait_for_selector('[data-testid="stAlertContentError"]:has-text("broken_scan.dcm")', timeout=60_000)
