@@ -1,4 +1,3 @@
-from ui.common import header, not_built
+from ui.fusion import fusion_page
 
-header("Fusion")
-not_built("The Fusion page", "tracked in its own issue")
+fusion_page()
