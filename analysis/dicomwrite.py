@@ -86,6 +86,7 @@ def dicom_bytes(
     patient_name: str = "Phantom^Anonymous",
     patient_id: str = "PHANTOM",
     rescale_type: str | None = None,
+    bits_stored: int | None = None,
 ) -> bytes:
     """The bytes of a DICOM file (see :func:`write_dicom` for the parameters)."""
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -148,9 +149,16 @@ def dicom_bytes(
             ds.ImagerPixelSpacing = [float(spacing[0]), float(spacing[1])]
         ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
     bits = stored.dtype.itemsize * 8
+    used = int(bits_stored or bits)
+    if not 1 <= used <= bits:
+        raise ValueError(f"bits_stored must lie in 1..{bits}, got {bits_stored}")
+    if stored.dtype.kind == "u" and stored.max() >= 2 ** used:
+        raise ValueError(f"pixels do not fit bits_stored={used}")
+    if stored.dtype.kind == "i" and not -(2 ** (used - 1)) <= stored.min() <= stored.max() < 2 ** (used - 1):
+        raise ValueError(f"pixels do not fit bits_stored={used}")
     ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
+    ds.BitsStored = used
+    ds.HighBit = used - 1
     ds.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
     ds.RescaleIntercept = float(rescale_intercept)
     ds.RescaleSlope = float(rescale_slope)
@@ -198,6 +206,8 @@ def write_dicom(path: str | Path, pixels: np.ndarray, **kwargs: Any) -> Path:
         Entropy for the generated UIDs (give a unique, stable string per file).
     dtype : numpy integer dtype, optional
         Stored dtype (default int16 if any stored value is negative, else uint16).
+    bits_stored : int, optional
+        BitsStored (HighBit follows); default = all allocated bits.
     patient_name, patient_id : str
         Identity tags (synthetic by default).
     """

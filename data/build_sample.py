@@ -44,7 +44,7 @@ from analysis.dicomwrite import deterministic_uid, write_dicom  # noqa: E402
 
 __all__ = ["build", "COLUMNS", "BUILD_VERSION", "DEFAULT_OUT", "read_manifest", "is_complete"]
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 DEFAULT_OUT = Path(__file__).resolve().parent / "sample"
 MANIFEST = "manifest.csv"
 INFO = "build_info.json"
@@ -316,18 +316,20 @@ def build_series(w: Writer) -> None:
     for k in range(n):
         h = ph.head_slice(params, float(zs[k]), spacing=spacing, lesion=lesion, seed=500 + k,
                           noise_sigma=sc["_noise"])
-        stem = f"series/canary_head/IM{int(perm[k]) + 1:04d}"
+        name = f"IM{int(perm[k]) + 1:04d}"
+        stem = f"series/canary_head/{name}"
+        gt = f"series/canary_head_truth/{name}"  # kept apart so the folder loads as one volume
         inst = n - k  # instance 1 is the most cranial slice; file names are shuffled
         pos = (-(255 / 2) * spacing[1], -(255 / 2) * spacing[0], -60.0 + k * SLICE_THICKNESS)
         _ct_write(w, f"{stem}.dcm", h.hu, spacing, study_uid=study, series_uid=series,
                   instance_number=inst, position=pos, slice_thickness=SLICE_THICKNESS,
                   patient_name="CANARY^PATIENT", patient_id="CANARY-ID-0001",
                   extra=_ct_extra(sc, **canary, SeriesDescription="Head phantom series"))
-        w.png(f"{stem}_mask.png", h.lesion_mask)
-        w.png(f"{stem}_labels.png", h.labels)
+        w.png(f"{gt}_mask.png", h.lesion_mask)
+        w.png(f"{gt}_labels.png", h.labels)
         w.add(id=f"series_canary_k{k:02d}", path=f"{stem}.dcm", format="dicom", modality="CT", role="series",
               subject="series01", label="lesion" if h.lesion_mask.any() else "normal", slice_index=k,
-              mask_path=f"{stem}_mask.png", labelmap_path=f"{stem}_labels.png", noise_sigma=sc["_noise"],
+              mask_path=f"{gt}_mask.png", labelmap_path=f"{gt}_labels.png", noise_sigma=sc["_noise"],
               spacing_row_mm=spacing[0], spacing_col_mm=spacing[1], source=SRC_PHANTOM, licence=LIC_GENERATED,
               note=(f"privacy canary (PatientName/PatientID/InstitutionName = CANARY values); "
                     f"ImagePositionPatient z={pos[2]:g} mm, InstanceNumber={inst}"))
@@ -561,7 +563,7 @@ def build_references(w: Writer, mni: MNI) -> None:
         if it["kind"] == "cr":
             return w.dicom(rel + ".dcm", np.clip(a, 0, 4095), modality="CR", spacing=it["spacing"],
                            photometric="MONOCHROME1", dtype=np.uint16, window=(2000.0, 4000.0),
-                           extra={"BodyPartExamined": "CHEST", "ViewPosition": "PA", "BitsStored": 12}), "dicom"
+                           bits_stored=12, extra={"BodyPartExamined": "CHEST", "ViewPosition": "PA"}), "dicom"
         return w.tiff(rel + ".tif", a.astype(np.float32), it["spacing"]), "tiff"
 
     for n_it, it in enumerate(items):
@@ -720,6 +722,8 @@ def build(out_dir: str | Path = DEFAULT_OUT, force: bool = False, verbose: bool 
     out = Path(out_dir)
     if not force and is_complete(out):
         return out / MANIFEST
+    if out.exists() and any(out.iterdir()) and not ((out / INFO).exists() or (out / MANIFEST).exists()):
+        raise ValueError(f"out_dir {out} is a non-empty folder that is not a sample dataset; refusing to replace it")
     t0 = time.perf_counter()
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     if tmp.exists():
@@ -750,9 +754,14 @@ def build(out_dir: str | Path = DEFAULT_OUT, force: bool = False, verbose: bool 
         cw.writerows(w.rows)
         (tmp / MANIFEST).write_text(buf.getvalue(), encoding="utf-8")
         (tmp / INFO).write_text(json.dumps({"version": BUILD_VERSION, "rows": len(w.rows)}, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        try:
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except OSError:
+            if not is_complete(out):  # a concurrent build finished first: keep its (identical) result
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

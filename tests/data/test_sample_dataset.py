@@ -7,6 +7,7 @@ its own stored ground truth with independent code (pydicom, Pillow, tifffile, sc
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -122,6 +123,12 @@ def test_build_returns_early_when_complete_and_repairs_when_not(tmp_path, built)
     info = json.loads((out / "build_info.json").read_text())
     (out / "build_info.json").write_text(json.dumps({**info, "version": "stale"}))
     assert not bs.is_complete(out)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    with pytest.raises(ValueError, match="out_dir"):
+        bs.build(precious, force=True)
+    assert (precious / "thesis.txt").read_text() == "do not delete"
 
 
 def test_build_is_deterministic(built, tmp_path):
@@ -364,6 +371,8 @@ def test_pydicom_files_are_copied_byte_for_byte(rows, root):
 def test_series_is_a_shuffled_volume_with_canary_identity(rows, root):
     series = _by(rows, role="series")
     assert len(series) >= 10
+    folder = {(root / r["path"]).parent for r in series}
+    assert len(folder) == 1 and {p.suffix for p in next(iter(folder)).iterdir()} == {".dcm"}
     dss = [pydicom.dcmread(root / r["path"]) for r in series]
     assert len({ds.SeriesInstanceUID for ds in dss}) == 1
     assert all(str(ds.PatientName) == "CANARY^PATIENT" and ds.InstitutionName.startswith("CANARY") for ds in dss)
@@ -392,3 +401,42 @@ def test_monochrome1_and_other_formats(rows, root):
     assert vol
     for r in _by(rows, role="real", format="tiff"):
         assert tifffile.imread(root / r["path"]).dtype in (np.uint16, np.int16)
+
+
+# ----------------------------------------------------------------------------- the DICOM writer
+def test_write_dicom_round_trip_and_validation(tmp_path):
+    from analysis.dicomwrite import dicom_bytes, read_physical, write_dicom
+
+    hu = np.array([[-1000.0, 0.0, 40.0], [80.0, 1500.0, -5.0]])
+    p = write_dicom(tmp_path / "a" / "x.dcm", hu, modality="CT", spacing=(0.7, 0.8), rescale_intercept=-1024.0,
+                    window=(40.0, 80.0), dtype=np.int16, uid_seed="x", instance_number=3, position=(1.0, 2.0, 3.0))
+    ds = pydicom.dcmread(p)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    np.testing.assert_array_equal(ds.pixel_array, (hu + 1024).astype(np.int16))
+    np.testing.assert_array_equal(read_physical(p), hu)
+    assert [float(v) for v in ds.PixelSpacing] == [0.7, 0.8] and int(ds.InstanceNumber) == 3
+    # deterministic bytes and UIDs from the seed; a different seed gives a different instance UID
+    kw = dict(modality="MR", spacing=(1.0, 1.0), uid_seed="s")
+    assert dicom_bytes(hu + 1000, **kw) == dicom_bytes(hu + 1000, **kw)
+    other = pydicom.dcmread(io.BytesIO(dicom_bytes(hu + 1000, modality="MR", spacing=(1.0, 1.0), uid_seed="t")))
+    assert other.SOPInstanceUID != pydicom.dcmread(io.BytesIO(dicom_bytes(hu + 1000, **kw))).SOPInstanceUID
+    assert other.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
+    sc = pydicom.dcmread(io.BytesIO(dicom_bytes(hu + 1000, modality="OT", spacing=None)))
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    # slope: physical values survive up to rounding of stored values
+    pet = np.array([[0.0, 1.2345], [15.9999, 3.0]])
+    b = dicom_bytes(pet, modality="PT", spacing=(4.0, 4.0), rescale_slope=0.001, dtype=np.uint16)
+    ds = pydicom.dcmread(io.BytesIO(b))
+    np.testing.assert_allclose(ds.pixel_array * float(ds.RescaleSlope), pet, atol=0.0005)
+    cr = pydicom.dcmread(io.BytesIO(dicom_bytes(np.full((4, 4), 4000.0), modality="CR", spacing=(0.5, 0.5),
+                                                photometric="MONOCHROME1", bits_stored=12)))
+    assert cr.PhotometricInterpretation == "MONOCHROME1" and cr.BitsStored == 12 and cr.HighBit == 11
+    with pytest.raises(ValueError, match="bits_stored"):
+        dicom_bytes(np.full((4, 4), 5000.0), modality="CR", spacing=None, bits_stored=12)
+    with pytest.raises(ValueError, match="fit"):
+        dicom_bytes(np.array([[-1.0, 70000.0]]), modality="CT", spacing=None, dtype=np.uint16)
+    with pytest.raises(ValueError, match="photometric"):
+        dicom_bytes(hu, modality="CT", spacing=None, photometric="RGB")
+    with pytest.raises(ValueError, match="2-D"):
+        dicom_bytes(np.zeros((2, 2, 2)), modality="CT", spacing=None)
