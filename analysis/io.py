@@ -135,7 +135,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def _mpx(n: int) -> str:
-    return f"{n // 1_000_000}" if n % 1_000_000 == 0 else f"{n / 1e6:.1f}"
+    """A pixel-count limit in words: ``50 Mpx``, ``89.5 Mpx``, ``1000 px``."""
+    if n < 1_000_000:
+        return f"{n} px"
+    return f"{n // 1_000_000} Mpx" if n % 1_000_000 == 0 else f"{n / 1e6:.1f} Mpx"
 
 
 def _pixel_limit(limits: Limits, pil: bool = False) -> int:
@@ -153,7 +156,7 @@ def _check_plane(rows: int, cols: int, limits: Limits, *, pil: bool = False) -> 
         raise _Reject(f"image has no pixels ({cols}×{rows} px)")
     limit = _pixel_limit(limits, pil)
     if rows * cols > limit:
-        raise _Reject(f"image too large: {cols}×{rows} px exceeds the {_mpx(limit)} Mpx limit")
+        raise _Reject(f"image too large: {cols}×{rows} px exceeds the {_mpx(limit)} limit")
 
 
 def _check_total(nbytes: int, what: str, limits: Limits) -> None:
@@ -1229,7 +1232,7 @@ def _raster_image(data: bytes, fmt: str, name: str, limits: Limits, digest: str)
         except _Reject:
             raise
         except PILImage.DecompressionBombError:
-            raise _Reject(f"image too large: {w}×{h} px exceeds the {_mpx(_pixel_limit(limits, True))} Mpx limit") from None
+            raise _Reject(f"image too large: {w}×{h} px exceeds the {_mpx(_pixel_limit(limits, True))} limit") from None
         except ValueError as e:
             if "text" in str(e).lower() or "too large" in str(e).lower():
                 raise _Reject("PNG text chunks too large (possible decompression bomb)") from None
@@ -1432,8 +1435,10 @@ def _nifti_image(data: bytes, name: str, limits: Limits, digest: str) -> Image:
         shape = tuple(int(x) for x in hdr.get_data_shape())
         dtype = np.dtype(hdr.get_data_dtype())
         zooms = [float(z) for z in hdr.get_zooms()]
-        offset = int(hdr.get_data_offset())
-        slope, inter = hdr.get_slope_inter()
+        offset = int(getattr(img.dataobj, "offset", 0)) or int(hdr.get_data_offset())
+        # the image's header copy has its scaling reset; the data proxy keeps scl_slope/scl_inter
+        slope = _as_float(getattr(img.dataobj, "slope", None))
+        inter = _as_float(getattr(img.dataobj, "inter", None))
         affine = img.affine
         oriented = int(hdr["qform_code"]) > 0 or int(hdr["sform_code"]) > 0
         space_unit = hdr.get_xyzt_units()[0]
