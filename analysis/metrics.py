@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = [
     "entropy", "rms_contrast", "psnr", "ssim", "cnr", "noise_sigma", "data_range",
-    "quality_metrics", "basic_measure", "enhancement_measure", "METRIC_INFO", "default_boxes",
+    "quality_metrics", "enhancement_tile_metrics", "basic_measure", "enhancement_measure", "METRIC_INFO", "default_boxes",
 ]
 
 #: metric name → (higher is better?, short description)
@@ -171,6 +171,18 @@ def quality_metrics(before: np.ndarray, after: np.ndarray, *, clean: np.ndarray 
         out["cnr"] = cnr(a, roi, background)
     out["entropy"] = entropy(a)
     out["noise_sigma"] = noise_sigma(a)
+    return out
+
+
+def enhancement_tile_metrics(before: np.ndarray, result: Any, image: Any = None, *, clean: np.ndarray | None = None,
+                             roi: Sequence[int] | None = None, background: Sequence[int] | None = None) -> dict[str, float]:
+    """Numbers under every enhancement result / sweep tile: :func:`quality_metrics` of the
+    result image plus the operation's own scalar metrics (e.g. the estimated σ of NLM)."""
+    a = getattr(result, "image", None)
+    if a is None:
+        return {k: float(v) for k, v in getattr(result, "metrics", {}).items() if np.isscalar(v)}
+    out = quality_metrics(before, a, clean=clean, roi=roi, background=background)
+    out.update({k: float(v) for k, v in getattr(result, "metrics", {}).items() if np.isscalar(v)})
     return out
 
 

@@ -1,0 +1,138 @@
+"""AppTest of the Enhancement page (the generic technique page): change a parameter, build a
+sweep grid, load a pipeline preset, restore settings from the URL."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+T = "enhancement"
+
+
+def _metric(at: AppTest, label: str) -> str:
+    vals = [m.value for m in at.metric if m.label == label]
+    assert vals, f"metric {label} missing; have {[m.label for m in at.metric]}"
+    return vals[0]
+
+
+def _page(query: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/enhancement.py")
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _choose_op(at: AppTest, key: str) -> None:
+    at.selectbox(key=f"{T}.op").set_value(key).run()
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def test_changing_a_parameter_changes_result_metrics():
+    at = _page()
+    _choose_op(at, "enhancement.gamma")
+    assert _metric(at, "psnr_input") == "∞"  # gamma 1 is the identity
+    at.number_input(key=f"{T}.enhancement.gamma.gamma").set_value(2.0).run()
+    assert not at.exception
+    value = _metric(at, "psnr_input")
+    assert value != "∞" and 0 < float(value) < 60
+    # the URL carries the new setting
+    assert at.query_params["op"] == ["enhancement.gamma"] or at.query_params["op"] == "enhancement.gamma"
+    assert "gamma=2.0" in str(at.query_params["params"])
+
+
+def test_sweep_grid_builds_tiles_chart_and_marks_best():
+    at = _page()
+    _choose_op(at, "enhancement.clahe")
+    at.selectbox(key=f"{T}.sweep.p1").set_value("clip_limit").run()
+    assert not at.exception, [e.message for e in at.exception]
+    tables = [d.value for d in at.dataframe if "clip_limit" in d.value.columns and "error" in d.value.columns]
+    assert tables, "sweep table missing"
+    table = tables[0]
+    assert len(table) == 5 and (table["error"] == "").all()
+    assert table["clip_limit"].is_monotonic_increasing
+    # a higher clip limit equalizes more (higher entropy) and amplifies noise more
+    assert table["entropy"].iloc[-1] > table["entropy"].iloc[0]
+    assert table["noise_sigma"].iloc[-1] > 2 * table["noise_sigma"].iloc[0]
+    best = [c.value for c in at.caption if c.value.startswith("★ best")]
+    assert len(best) == 1
+    # "Use these settings" puts the tile's value into the operation's widget
+    use = [b for b in at.button if b.key and b.key.startswith(f"{T}.sweep.use.")]
+    assert len(use) == 5
+    use[-1].click().run()
+    assert not at.exception
+    widget = at.number_input(key=f"{T}.enhancement.clahe.clip_limit")
+    assert math.isclose(widget.value, float(table["clip_limit"].iloc[-1]))
+
+
+def test_sweep_grid_failing_tile_shows_error_and_rest_render():
+    at = _page()
+    _choose_op(at, "enhancement.gamma")
+    at.selectbox(key=f"{T}.sweep.p1").set_value("gamma").run()
+    at.number_input(key=f"{T}.sweep.r1.gamma.lo").set_value(0.01).run()  # below the allowed 0.1
+    at.number_input(key=f"{T}.sweep.r1.gamma.hi").set_value(2.0).run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = [d.value for d in at.dataframe if "gamma" in d.value.columns and "error" in d.value.columns][0]
+    failed = table[table["error"] != ""]
+    assert len(failed) == 2 and (table["gamma"][table["error"] != ""] < 0.1).all()
+    assert (table["error"] == "").sum() == 3 and table.loc[table["error"] == "", "rms_contrast"].notna().all()
+    errors = [e.value for e in at.error if "gamma" in e.value and "must be" in e.value]
+    assert len(errors) == 2, "each failing tile shows its error"
+
+
+def test_loading_a_pipeline_preset_applies_it():
+    at = _page()
+    preset = Pipeline.of([("enhancement.gaussian", {"sigma": 1.5}), ("enhancement.clahe", {"clip_limit": 0.02}),
+                          ("enhancement.unsharp", {"radius": 1.0, "amount": 0.5})])
+    at.file_uploader(key=f"{T}.pipe.upload").upload("preset.json", preset.to_json().encode(), "application/json").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.session_state[f"{T}.pipeline"] == preset
+    steps = [c.value for c in at.caption if c.value[:2] in ("1.", "2.", "3.")]
+    assert len(steps) == 3 and "Gaussian" in steps[0] and "CLAHE" in steps[1]
+    assert at.radio(key=f"{T}.show").value == "pipeline"
+    assert "pipeline" in str(at.query_params["pipeline"]) or "enhancement.gaussian" in str(at.query_params["pipeline"])
+    assert _metric(at, "psnr_input") != "∞"
+    # reorder and remove
+    at.button(key=f"{T}.pipe.up.2").click().run()
+    assert [s.op for s in at.session_state[f"{T}.pipeline"]][1] == "enhancement.unsharp"
+    at.button(key=f"{T}.pipe.remove.0").click().run()
+    assert len(at.session_state[f"{T}.pipeline"]) == 2
+
+
+def test_bad_preset_is_reported_not_raised():
+    at = _page()
+    at.file_uploader(key=f"{T}.pipe.upload").upload("bad.json", b'{"steps": [{"op": "enhancement.gausian"}]}',
+                                                     "application/json").run()
+    assert not at.exception
+    assert any("did you mean" in c.value for c in at.caption)
+
+
+def test_url_state_restores_operation_params_and_pipeline():
+    pipe = Pipeline.of([("enhancement.median", {"size": 5}), ("enhancement.gamma", {"gamma": 0.7})])
+    at = _page({"op": "enhancement.unsharp", "params": "radius=3.5,amount=2.25", "pipeline": pipe.to_query(),
+                "show": "s:pipeline"})
+    assert at.selectbox(key=f"{T}.op").value == "enhancement.unsharp"
+    assert at.slider(key=f"{T}.enhancement.unsharp.radius").value == pytest.approx(3.5)
+    assert at.slider(key=f"{T}.enhancement.unsharp.amount").value == pytest.approx(2.25)
+    assert at.session_state[f"{T}.pipeline"] == pipe
+    assert at.radio(key=f"{T}.show").value == "pipeline"
+
+
+def test_ab_view_shows_metric_deltas():
+    at = _page()
+    at.selectbox(key=f"{T}.abB.op").set_value("enhancement.gaussian").run()
+    assert not at.exception
+    tables = [d.value for d in at.dataframe if "Δ (B − A)" in d.value.columns]
+    assert tables
+    tab = tables[0].set_index("metric")
+    assert tab.loc["psnr_input", "Δ (B − A)"] == pytest.approx(tab.loc["psnr_input", "B"] - tab.loc["psnr_input", "A"])
