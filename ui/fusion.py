@@ -70,16 +70,25 @@ def _rank(role: str) -> tuple[int, str]:
 
 def known_pairs(dataset: Dataset | None) -> list[tuple[str, dict, dict]]:
     """Every ordered (A, B) combination inside each ``pair_id`` group, anatomical role first:
-    ``[(label, entry_a, entry_b), ...]`` (e.g. ``mm_ph01: t1 + pet``)."""
-    if dataset is None or "pair_id" not in dataset.entries.columns:
+    ``[(label, entry_a, entry_b), ...]`` (e.g. ``mm_ph01: t1 + pet``). Memoised per dataset."""
+    if dataset is None or not len(dataset) or "pair_id" not in dataset.entries.columns:
         return []
     e = dataset.entries
-    e = e[e["pair_id"].fillna("").astype(str) != ""]
+    sig = content_digest(dataset.kind, str(dataset.root), "|".join(e["id"].astype(str)), "|".join(e["pair_id"].astype(str)),
+                         "|".join(e["pair_role"].astype(str)) if "pair_role" in e.columns else "")
+    return _memo(("pairs", sig), lambda: _known_pairs(dataset))
+
+
+def _known_pairs(dataset: Dataset) -> list[tuple[str, dict, dict]]:
+    e = dataset.entries
+    sel = e[e["pair_id"].fillna("").astype(str) != ""]
+    groups: dict[str, list[dict]] = {}
+    for r in sel.to_dict("records"):
+        r["root"] = str(dataset.root)
+        groups.setdefault(str(r["pair_id"]), []).append(r)
     out = []
-    for pid, grp in e.groupby("pair_id", sort=False):
-        recs = sorted(grp.to_dict("records"), key=lambda r: _rank(r.get("pair_role", "")))
-        for r in recs:
-            r["root"] = str(dataset.root)
+    for pid, recs in groups.items():
+        recs.sort(key=lambda r: _rank(r.get("pair_role", "")))
         for i in range(len(recs)):
             for j in range(i + 1, len(recs)):
                 a, b = recs[i], recs[j]
@@ -243,18 +252,21 @@ def _fused_image(res: Any, pair: dict[str, Any], title: str) -> Image:
 
 
 # ----------------------------------------------------------------------------- views
-def comparator(pair: dict[str, Any], norm: str, op_key: str, params: dict[str, Any]) -> pd.DataFrame:
-    """Every method on the pair (the selected one with its current parameters), scored."""
+def comparator(pair: dict[str, Any], norm: str) -> pd.DataFrame:
+    """Every method on the pair with its default parameters (so moving a slider above does
+    not re-run the grid), scored by every metric."""
     ia, ib = pair["a"], pair["b"]
 
     def run(key: str, x: np.ndarray, p: dict[str, Any], **ctx: Any) -> Any:
         return run_cached(ia, key, p, moving=ib)
 
     def make() -> tuple[list[dict], dict]:
-        return F.compare_methods(ia.pixels, ib.pixels, normalise=norm, params={op_key: params}, run=run)
+        return F.compare_methods(ia.pixels, ib.pixels, normalise=norm, run=run)
 
+    st.caption(f"Every method with its default parameters and {norm} normalisation; ★ marks the best tile for the chosen metric.")
+    cmp_key = ("cmp", ia.digest, ib.digest, norm)
     with st.spinner("Running every fusion method…"):
-        rows, results = _memo(("cmp", ia.digest, ib.digest, norm, op_key, json.dumps(params, sort_keys=True, default=str)), make, size=8)
+        rows, results = _memo(cmp_key, make, size=8)
     table = pd.DataFrame(rows)
     metric_cols = [k for k in F.METRIC_INFO if k in table.columns]
     c1, c2 = st.columns([2, 1])
@@ -272,7 +284,8 @@ def comparator(pair: dict[str, Any], norm: str, op_key: str, params: dict[str, A
             if isinstance(row.get("error"), str) and row.get("error"):
                 st.error(f"{safe_text(row['title'])}: {safe_text(row['error'], 300)}")
                 continue
-            st.image(downsample(fused_display(results[key].image), 256), width="stretch")
+            st.image(_memo(("tile", *cmp_key, key), lambda: downsample(fused_display(results[key].image), 256), size=64),
+                     width="stretch")
             star = "★ " if i == best else ""
             nums = " · ".join(f"{k} {_fmt(row[k])}" for k in metric_cols)
             st.caption(f"{star}**{safe_text(row['title'])}**  \n{nums}")
@@ -409,8 +422,9 @@ def fusion_page() -> None:
             st.caption(safe_text(note, 400))
         e1, e2 = st.columns(2)
         name = op_key.split(".", 1)[1]
-        e1.download_button("Fused image (PNG)", png_bytes(fused_display(res.image)), file_name=f"fusion_{name}.png", mime="image/png",
-                           key=f"{P}.png")
+        png = _memo(("png", pair["a"].digest, pair["b"].digest, op_key, json.dumps(params, sort_keys=True, default=str)),
+                    lambda: png_bytes(fused_display(res.image)), size=64)
+        e1.download_button("Fused image (PNG)", png, file_name=f"fusion_{name}.png", mime="image/png", key=f"{P}.png")
         row = {"A": str(ea.get("id", "")), "B": str(eb.get("id", "")), "method": name, "normalise": norm,
                "grid": grid if differ else "same", "registered": bool(pair["reg"]),
                **{f"param_{k}": v for k, v in params.items() if k != "normalise"}, **m}
@@ -418,6 +432,6 @@ def fusion_page() -> None:
                            mime="text/csv", key=f"{P}.csv")
     tabs = st.tabs(["Fusion comparator", "Dataset-wide"])
     with tabs[0]:
-        comparator(pair, norm, op_key, params)
+        comparator(pair, norm)
     with tabs[1]:
         dataset_wide(dataset, norm, grid if differ else "A")
