@@ -58,6 +58,8 @@ __all__ = [
     "bin_advice",
     "glcm_bin_sensitivity",
     "signature",
+    "patch_corners",
+    "window_sums",
     "signature_matrix",
     "MAX_LEVELS",
     "default_settings",
@@ -768,6 +770,53 @@ def feature_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if any(c.startswith(p) for p in PREFIX.values()) and pd.api.types.is_numeric_dtype(df[c])]
 
 
+def window_sums(mask: np.ndarray, corners: np.ndarray, patch: int) -> np.ndarray:
+    """Number of true pixels of ``mask`` in each ``patch``×``patch`` window (integral image)."""
+    ii = np.pad(np.asarray(mask, bool).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    r, c = corners[:, 0], corners[:, 1]
+    return ii[r + patch, c + patch] - ii[r, c + patch] - ii[r + patch, c] + ii[r, c]
+
+
+def patch_corners(
+    a: np.ndarray,
+    settings: FeatureSettings | None = None,
+    *,
+    patch: int = 32,
+    stride: int = 16,
+    within: np.ndarray | None = None,
+    min_fraction: float = 0.5,
+) -> np.ndarray:
+    """Top-left corners ``(K, 2)`` of sliding windows every ``stride`` px (the last row/column of
+    windows touches the border) that have at least ``min_fraction`` of their pixels in the
+    resegmentation range and, with ``within``, their centre pixel in it."""
+    s = settings or FeatureSettings()
+    a = np.asarray(a)
+    m, n = a.shape
+    if patch > min(m, n):
+        raise ValueError(f"parameter 'patch' ({patch} px) is larger than the image ({m}×{n})")
+    if stride < 1:
+        raise ValueError("parameter 'stride' must be ≥ 1")
+    r0s = list(range(0, m - patch + 1, stride))
+    c0s = list(range(0, n - patch + 1, stride))
+    if r0s[-1] != m - patch:
+        r0s.append(m - patch)
+    if c0s[-1] != n - patch:
+        c0s.append(n - patch)
+    rr, cc = np.meshgrid(r0s, c0s, indexing="ij")
+    corners = np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.int64)
+    keep = window_sums(_roi(a, None, s.range_min, s.range_max), corners, patch) >= min_fraction * patch * patch
+    if within is not None:
+        keep &= np.asarray(within, bool)[corners[:, 0] + patch // 2, corners[:, 1] + patch // 2]
+    return corners[keep]
+
+
+def patch_settings(settings: FeatureSettings | None, patch: int) -> FeatureSettings:
+    """Settings for windows: no shape group, whole window as ROI, HOG cells fitting the window."""
+    s = settings or FeatureSettings()
+    return FeatureSettings.from_kwargs(**{**s.as_kwargs(), "groups": tuple(g for g in s.groups if g != "shape"),
+                                          "roi": "whole", "hog_cell": min(s.hog_cell, max(4, patch // 2))})
+
+
 def patch_features(
     a: np.ndarray,
     settings: FeatureSettings | None = None,
@@ -777,42 +826,18 @@ def patch_features(
     spacing: tuple[float, float] | None = None,
     within: np.ndarray | None = None,
     min_fraction: float = 0.5,
+    corners: np.ndarray | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Features of sliding ``patch``×``patch`` windows every ``stride`` px (shape group excluded).
-
-    ``within`` (bool) restricts to windows whose centre pixel is in it and that have at least
-    ``min_fraction`` of their pixels in the resegmentation range. Returns the windows' top-left
-    corners ``(K, 2)`` and a table of ``K`` rows with the same column names as
-    :func:`compute_features`.
-    """
-    s = settings or FeatureSettings()
-    s = FeatureSettings.from_kwargs(**{**s.as_kwargs(), "groups": tuple(g for g in s.groups if g != "shape"),
-                                       "hog_cell": min(s.hog_cell, max(4, patch // 2))})
+    """Features of sliding ``patch``×``patch`` windows (see :func:`patch_corners`; or at the
+    given ``corners``). Returns the corners ``(K, 2)`` and a ``K``-row table with the column
+    names of :func:`compute_features` (shape group excluded)."""
+    s = patch_settings(settings, patch)
     a = np.asarray(a, dtype=np.float32)
-    m, n = a.shape
-    if patch > min(m, n):
-        raise ValueError(f"parameter 'patch' ({patch} px) is larger than the image ({m}×{n})")
-    if stride < 1:
-        raise ValueError("parameter 'stride' must be ≥ 1")
-    inrange = _roi(a, None, s.range_min, s.range_max)
-    r0s = list(range(0, m - patch + 1, stride))
-    c0s = list(range(0, n - patch + 1, stride))
-    if r0s[-1] != m - patch:
-        r0s.append(m - patch)
-    if c0s[-1] != n - patch:
-        c0s.append(n - patch)
-    corners: list[tuple[int, int]] = []
-    rows: list[dict[str, float]] = []
-    for r0 in r0s:
-        for c0 in c0s:
-            if within is not None and not within[r0 + patch // 2, c0 + patch // 2]:
-                continue
-            win = inrange[r0:r0 + patch, c0:c0 + patch]
-            if win.mean() < min_fraction:
-                continue
-            corners.append((r0, c0))
-            rows.append(compute_features(a[r0:r0 + patch, c0:c0 + patch], s, spacing=spacing))
-    return np.asarray(corners, dtype=np.int64).reshape(-1, 2), pd.DataFrame(rows)
+    if corners is None:
+        corners = patch_corners(a, s, patch=patch, stride=stride, within=within, min_fraction=min_fraction)
+    corners = np.asarray(corners, dtype=np.int64).reshape(-1, 2)
+    rows = [compute_features(a[r0:r0 + patch, c0:c0 + patch], s, spacing=spacing) for r0, c0 in corners]
+    return corners, pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- bin-width advisor
