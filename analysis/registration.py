@@ -517,19 +517,20 @@ def estimate_translation(fixed: np.ndarray, moving: np.ndarray, *, upsample_fact
     return Estimate(T=translation(*t), info={"phase_error": err})
 
 
-def _log_polar_spectrum(a: np.ndarray, n_angles: int, n_radii: int, radius: float) -> np.ndarray:
+def _log_polar_spectrum(a: np.ndarray, side: int, n_angles: int, n_radii: int, radius: float) -> np.ndarray:
     from skimage.transform import warp_polar
 
     a = np.asarray(a, np.float64)
     a = (a - a.mean()) * _hann(a.shape)
-    spec = np.abs(np.fft.fftshift(np.fft.fft2(a)))
-    # emphasise mid frequencies (the spectrum's centre carries no rotation information)
-    m, n = spec.shape
-    yy = (np.arange(m) - m // 2)[:, None] / m
-    xx = (np.arange(n) - n // 2)[None, :] / n
-    rr2 = yy ** 2 + xx ** 2
-    spec = spec * (1.0 - np.exp(-rr2 / (2 * 0.02 ** 2)))
-    lp = warp_polar(spec, center=(m // 2, n // 2), radius=radius, output_shape=(n_angles, n_radii),
+    pad = np.zeros((side, side))  # square, so both frequency axes have the same scale
+    pad[: a.shape[0], : a.shape[1]] = a
+    spec = np.abs(np.fft.fftshift(np.fft.fft2(pad)))
+    # high-pass (σ = 0.1 cycle/px): low frequencies carry the window's footprint and the
+    # field-of-view outline, which do not rotate/scale with the content and pin the peak at 0
+    yy = (np.arange(side) - side // 2)[:, None] / side
+    xx = (np.arange(side) - side // 2)[None, :] / side
+    spec = spec * (1.0 - np.exp(-(yy ** 2 + xx ** 2) / (2 * 0.1 ** 2)))
+    lp = warp_polar(spec, center=(side // 2, side // 2), radius=radius, output_shape=(n_angles, n_radii),
                     scaling="log", order=1)
     return np.log1p(lp[: n_angles // 2])
 
@@ -537,15 +538,15 @@ def _log_polar_spectrum(a: np.ndarray, n_angles: int, n_radii: int, radius: floa
 def rotation_scale(fixed: np.ndarray, moving: np.ndarray, *, allow_scale: bool = True,
                    upsample_factor: int = 20) -> tuple[float, float]:
     """(θ degrees, scale) of the fixed→moving linear part from log-polar phase correlation of
-    the Fourier magnitude spectra (Fourier–Mellin). θ is defined modulo 180°."""
+    the high-passed Fourier magnitude spectra (Fourier–Mellin). θ is defined modulo 180°."""
     from skimage.registration import phase_cross_correlation
 
-    shape = np.shape(fixed)
+    side = int(max(np.shape(fixed)[:2] + np.shape(moving)[:2]))
     n_angles = 720
-    radius = min(shape) / 2.0 * 0.9
-    n_radii = int(max(128, min(shape)))
-    lf = _log_polar_spectrum(fixed, n_angles, n_radii, radius)
-    lm = _log_polar_spectrum(moving, n_angles, n_radii, radius)
+    radius = side * 0.45
+    n_radii = int(max(128, side))
+    lf = _log_polar_spectrum(fixed, side, n_angles, n_radii, radius)
+    lm = _log_polar_spectrum(moving, side, n_angles, n_radii, radius)
     shift, _, _ = phase_cross_correlation(lf, lm, upsample_factor=int(upsample_factor), normalization=None)
     theta = (360.0 / n_angles) * float(shift[0])
     klog = n_radii / math.log(radius)
@@ -692,6 +693,7 @@ def _sitk_matrix(tx) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 INTENSITY_METRICS = ("correlation", "mattes", "mean_squares")
+INTENSITY_INITS = ("moments", "geometry", "fourier_mellin")
 
 
 def intensity_register(
@@ -719,7 +721,7 @@ def intensity_register(
     Works in physical space (mm), so anisotropic pixels are handled. The start is
     ``initial`` (a px matrix) or, by default, the field-of-view centres (``init="geometry"``)
     or the intensity centroids (``init="moments"``, on robustly rescaled images so HU work)
-    aligned. Gradient descent has a narrow capture range in angle, so a rigid search first
+    aligned, or a Fourier–Mellin estimate (``init="fourier_mellin"``, same modality). Gradient descent has a narrow capture range in angle, so a rigid search first
     runs short coarse-level optimisations from starts every 10° within ``±search_deg`` and
     keeps the best (0 disables it).
     """
@@ -730,9 +732,12 @@ def intensity_register(
     moving_spacing = spacing if moving_spacing is None else moving_spacing
     f_img = _sitk_image(fixed, spacing)
     m_img = _sitk_image(moving, moving_spacing)
-    if init not in ("geometry", "moments"):
-        raise ValueError(f"init must be 'geometry' or 'moments'; got {init!r}")
+    if init not in INTENSITY_INITS:
+        raise ValueError(f"init must be one of {list(INTENSITY_INITS)}; got {init!r}")
     c_xy = (_px_to_phys(spacing) @ np.r_[center_of(np.shape(fixed)), 1.0])[:2]
+    if initial is None and init == "fourier_mellin" and np.shape(fixed) == np.shape(moving):
+        initial = estimate_rotation_scale(fixed, moving).T
+        search_deg = 0.0  # the spectrum already gave a global estimate of the angle
     if initial is None:
         initial = grid_transform(np.shape(fixed), spacing, np.shape(moving), moving_spacing)
         if init == "moments":
@@ -815,21 +820,21 @@ def _sitk_method(metric: str, bins: int, sampling: float, seed: int):  # type: i
 
 
 # ============================================================================ features
-FEATURE_DETECTORS = ("orb", "sift", "akaze")
+FEATURE_DETECTORS = ("sift", "orb")
 
 
 def feature_register(
     fixed: np.ndarray,
     moving: np.ndarray,
     *,
-    detector: str = "orb",
+    detector: str = "sift",
     max_features: int = 2000,
     model: str = "similarity",
     ratio: float = 0.8,
     ransac_px: float = 3.0,
     seed: int = 0,
 ) -> Estimate:
-    """Keypoints (ORB, SIFT or AKAZE via OpenCV) matched with Lowe's ratio test, then a
+    """Keypoints (SIFT or ORB via OpenCV) matched with Lowe's ratio test, then a
     similarity or affine model fitted by RANSAC. Images are rescaled to 8 bit between
     their own 0.5/99.5 % percentiles first (the detectors need 8-bit input).
 
@@ -846,12 +851,9 @@ def feature_register(
     if detector == "orb":
         det = cv2.ORB_create(nfeatures=int(max_features), fastThreshold=5, edgeThreshold=15, patchSize=15)
         norm = cv2.NORM_HAMMING
-    elif detector == "sift":
+    else:
         det = cv2.SIFT_create(nfeatures=int(max_features))
         norm = cv2.NORM_L2
-    else:
-        det = cv2.AKAZE_create(threshold=1e-4)
-        norm = cv2.NORM_HAMMING
     kf, df = det.detectAndCompute(f8, None)
     km, dm = det.detectAndCompute(m8, None)
     empty = {"fixed_rc": np.zeros((0, 2)), "moving_rc": np.zeros((0, 2)), "inlier": np.zeros(0, bool)}
@@ -1302,7 +1304,8 @@ def flip(image: np.ndarray, *, base: str = "rotation_scale", metric: str = "ncc"
         Param("iterations", 200, min=10, max=2000, help="optimizer iterations per level"),
         Param("sampling", 0.25, min=0.01, max=1.0, step=0.01, help="fraction of pixels sampled per iteration"),
         Param("search_deg", 20.0, min=0.0, max=90.0, step=5.0, unit="°", help="coarse rotation search ± (starts every 10°)"),
-        Param("init", "moments", options=("moments", "geometry"), help="start from aligned intensity centroids or image centres"),
+        Param("init", "moments", options=INTENSITY_INITS,
+              help="start from aligned intensity centroids, image centres, or a Fourier–Mellin estimate (same modality)"),
     ],
 )
 def intensity(image: np.ndarray, *, transform: str = "rigid", metric: str = "mattes", levels: int = 3, iterations: int = 200,
@@ -1317,18 +1320,18 @@ def intensity(image: np.ndarray, *, transform: str = "rigid", metric: str = "mat
 
 @register(
     "registration.features",
-    title="Keypoints + RANSAC (ORB / SIFT / AKAZE)",
+    title="Keypoints + RANSAC (SIFT / ORB)",
     inputs="pair",
     domain=_PAIR_DOMAIN + "; rescaled to 8 bit between each image's 0.5–99.5 % percentiles for the detector",
     params=[
-        Param("detector", "orb", options=FEATURE_DETECTORS),
+        Param("detector", "sift", options=FEATURE_DETECTORS),
         Param("max_features", 2000, min=100, max=20000),
         Param("model", "similarity", options=("similarity", "affine")),
         Param("ratio", 0.8, min=0.5, max=0.95, step=0.05, help="Lowe ratio test"),
         Param("ransac_px", 3.0, min=0.5, max=20.0, step=0.5, unit="px", help="RANSAC inlier distance"),
     ],
 )
-def features(image: np.ndarray, *, detector: str = "orb", max_features: int = 2000, model: str = "similarity",
+def features(image: np.ndarray, *, detector: str = "sift", max_features: int = 2000, model: str = "similarity",
              ratio: float = 0.8, ransac_px: float = 3.0, moving: np.ndarray | None = None, spacing: Spacing = None) -> Result:
     """Feature matching with a RANSAC-fitted similarity or affine model."""
     mv = _need_moving(moving, np.shape(image))
@@ -1450,6 +1453,8 @@ def pair_items(dataset: Any) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for pid, grp in e[e["pair_id"].fillna("").astype(str) != ""].groupby("pair_id", sort=False):
         recs = grp.to_dict("records")
+        if any(str(r.get("role", "")) == "reference" for r in recs):
+            continue  # clean/degraded groups are enhancement references, not registration pairs
         for r in recs:
             r["root"] = str(dataset.root)
         by_role = {str(r.get("pair_role", "")): r for r in recs}
@@ -1488,6 +1493,8 @@ def true_transform(fixed_entry: dict[str, Any], moving_entry: dict[str, Any]) ->
     if raw:
         T = transform_from_json(raw)
     fld = load_aux(moving_entry, "field_path") if str(moving_entry.get("field_path", "") or "") else None
+    if fld is not None and (np.ndim(fld) != 3 or np.shape(fld)[0] != 2):
+        fld = None  # e.g. a bias field stored for enhancement, not a displacement
     if fld is not None and T is None:
         T = np.eye(3)
     return T, (None if fld is None else np.asarray(fld, np.float64))
@@ -1521,8 +1528,8 @@ def register_pair_task(item: dict[str, Any], *, key: str, params_json: str = "{}
     }
     if "metric" in params:
         row["metric_used"] = params["metric"]
-    if reg.field is None:
-        p = decompose(reg.T, center=center_of(f_img.shape2d), spacing=f_img.spacing)
+    if reg.field is None:  # parameters of the transform on the fixed grid (physical angles)
+        p = decompose(r.extras["T"], center=center_of(f_img.shape2d), spacing=f_img.spacing)
         row.update({"theta_deg": p["theta_deg"], "scale": p["scale"], "ty_px": p["ty_px"], "tx_px": p["tx_px"]})
     T_true, field_true = true_transform(fx, mv)
     if T_true is not None:
