@@ -60,6 +60,10 @@ def intensity_range(a: np.ndarray, mode: str = "image", *, center: float = 40.0,
     ``"window"`` (``center ± width/2``, physical units).
     """
     a = np.asarray(a, dtype=np.float32)
+    if mode == "image" and a.size:  # fast path: min/max propagate NaN, so one check covers non-finite data
+        lo, hi = float(a.min()), float(a.max())
+        if np.isfinite(lo) and np.isfinite(hi):
+            return (lo, hi) if hi > lo else (lo, lo + 1.0)
     f = _finite_values(a)
     if f.size == 0:
         return 0.0, 1.0
@@ -77,11 +81,16 @@ def intensity_range(a: np.ndarray, mode: str = "image", *, center: float = 40.0,
 
 
 def _to_unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    """float32 ``(a - lo) / (hi - lo)`` clipped to [0, 1] (in place on a fresh array)."""
+    u = np.subtract(a, np.float32(lo), dtype=np.float32)
+    u *= np.float32(1.0 / (hi - lo))
+    return np.clip(u, 0.0, 1.0, out=u)
 
 
 def _from_unit(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return (lo + (hi - lo) * np.asarray(u, dtype=np.float32)).astype(np.float32)
+    out = np.multiply(u, np.float32(hi - lo), dtype=np.float32)
+    out += np.float32(lo)
+    return out
 
 
 def _span(a: np.ndarray) -> float:
@@ -152,7 +161,10 @@ def log_transform(image: np.ndarray, *, gain: float = 10.0) -> np.ndarray:
     a = _as_float(image)
     lo, hi = intensity_range(a, "image")
     u = _to_unit(a, lo, hi)
-    return _from_unit(np.log1p(gain * u) / np.log1p(gain), lo, hi)
+    u *= np.float32(gain)
+    np.log1p(u, out=u)
+    u *= np.float32(1.0 / np.log1p(gain))
+    return _from_unit(u, lo, hi)
 
 
 @register(
@@ -249,8 +261,12 @@ def laplacian_sharpen(image: np.ndarray, *, strength: float = 0.5, sigma: float 
     if sigma > 0:
         lap = ndi.gaussian_laplace(a, sigma=float(sigma), mode="reflect")
     else:
-        lap = ndi.laplace(a, mode="reflect")
-    return (a - float(strength) * lap).astype(np.float32)
+        import cv2  # ksize=1 is exactly the 4-neighbour kernel; ~3× faster than ndi.laplace
+
+        lap = cv2.Laplacian(np.ascontiguousarray(a), cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+    lap *= np.float32(-strength)
+    lap += a
+    return lap
 
 
 # ----------------------------------------------------------------------------- smoothing / denoising
