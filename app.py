@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-st.set_page_config(page_title="MedLens", page_icon=":material/radiology:", layout="wide")
+def _icon():  # a local favicon: Material/emoji page icons make the browser fetch from the internet
+    import numpy as np
+    from PIL import Image as PILImage
+
+    rr, cc = np.mgrid[:32, :32]
+    disk = (rr - 15.5) ** 2 + (cc - 15.5) ** 2 < 14 ** 2
+    lens = (rr - 13) ** 2 + (cc - 18) ** 2 < 5 ** 2
+    rgb = np.zeros((32, 32, 4), np.uint8)
+    rgb[disk] = (31, 78, 121, 255)
+    rgb[lens] = (245, 133, 24, 255)
+    return PILImage.fromarray(rgb, "RGBA")
+
+
+st.set_page_config(page_title="MedLens", page_icon=_icon(), layout="wide")
 
 from ui import picker, state  # noqa: E402  (after set_page_config)
 

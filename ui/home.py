@@ -51,6 +51,7 @@ def _uploader() -> None:
         up = state.get(state.K_UPLOADS)
         if up is not None and len(up):
             picker.choose_image(str(up.entries["id"].iloc[-1]))
+        st.rerun()  # so the sidebar picker (drawn before this page) shows the new images
     show_errors(state.get(state.K_UPLOAD_ERRORS, []) or [])
 
 

@@ -139,7 +139,17 @@ def wait_ready_fixture():  # type: ignore[no-untyped-def]
 def shot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    # Streamlit scrolls inside its own container, so full_page=True sees one viewport only:
+    # grow the viewport to the content's height for the shot, then restore it.
+    size = page.viewport_size or {"width": 1500, "height": 1000}
+    height = page.evaluate(
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
+        " return Math.max(m.scrollHeight, document.body.scrollHeight); }"
+    )
+    page.set_viewport_size({"width": size["width"], "height": int(min(max(height, size["height"]), 6000))})
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
     return path
 
 

@@ -19,14 +19,24 @@ def _plot_state(page, index: int = -1) -> dict:
 
 
 def _choose(page, label: str, option: str) -> None:
+    wait_ready(page)
     box = page.locator('[data-testid="stSelectbox"]', has_text=label).first
-    box.click()
-    page.get_by_role("option", name=option, exact=True).first.click()
+    opt = page.get_by_role("option", name=option, exact=True).first
+    for _ in range(3):
+        box.click()
+        try:
+            opt.wait_for(state="visible", timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - the dropdown closed during a rerun; open it again
+            page.keyboard.press("Escape")
+    opt.click()
 
 
 def test_home_renders_gallery_and_viewer(page, app_url, console_errors):
     open_page(page, app_url, "Home")
     page.wait_for_selector('[data-testid="stMetric"]')
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"]').length >= 8", timeout=60_000)
+    wait_ready(page)
     assert page.locator('[data-testid="stImage"]').count() >= 8  # thumbnails
     page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot', timeout=30_000)
     assert_no_exception(page)
