@@ -843,8 +843,10 @@ POST_KEYS = ("segmentation.fill_holes", "segmentation.remove_small", "segmentati
              "segmentation.closing", "segmentation.keep_largest")
 
 # ----------------------------------------------------------------------------- presets
-#: named chains (operation key, params) — run with ``registry.run_chain``. Values tuned on
-#: nothing but the physics of the data they name (HU of soft tissue, nucleus size); their
+#: named chains (operation key, params) — run with ``registry.run_chain``. Post-processing
+#: steps follow the page's fixed order (closing → opening → fill holes → remove small → keep
+#: largest) so loading a preset on the page reproduces it exactly. Values come from the
+#: physics of the data they name (HU of grey matter, lesions and bone; nucleus size); their
 #: accuracy is measured in ``bench/accuracy_segmentation.py``.
 PRESETS: dict[str, dict[str, Any]] = {
     "CT hyperdense lesion (band 55–200 HU + clean-up)": {
@@ -853,8 +855,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": [
             ("segmentation.manual", {"low": 55.0, "high": 200.0, "smooth_sigma": 1.0}),
             ("segmentation.opening", {"radius": 1.5}),
-            ("segmentation.keep_largest", {}),
             ("segmentation.fill_holes", {}),
+            ("segmentation.keep_largest", {}),
         ],
     },
     "Nuclei count (Otsu + distance watershed)": {

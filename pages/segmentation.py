@@ -1,4 +1,3 @@
-from ui.common import header, not_built
+from ui.segmentation import page
 
-header("Segmentation")
-not_built("The Segmentation page", "tracked in its own issue")
+page()
