@@ -1,0 +1,230 @@
+"""Dask distributed engine: the same ``map_chunks(func, chunks, on_chunk)`` interface as
+:class:`analysis.batch.ProcessEngine`, on a local cluster or an existing Dask cluster.
+
+* Default: a ``LocalCluster`` of one single-threaded worker process per available core,
+  started once per process and shared (start-up ~1.2 s).
+* ``DaskEngine(scheduler="tcp://host:8786")`` — or the environment variable
+  ``MEDLENS_DASK_SCHEDULER`` — uses an existing cluster. Its workers must be able to import
+  ``analysis`` (start them from the repository folder or with it on ``PYTHONPATH``).
+
+Two traps measured on these machines (shared/guides/performance.md) are handled here:
+
+* one task per file costs 5–9 ms of scheduler/worker CPU — chunks are merged into tasks of at
+  least ``min_batch`` (default 50) items;
+* Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which made array-heavy work
+  58–80 % slower — it is removed from Dask's config and from this process' environment.
+
+Tasks are submitted in a bounded window (``2 × workers + 2`` in flight), so memory does not
+grow with the number of chunks; ``on_chunk`` runs in the caller's thread as tasks finish.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any, Callable, Iterable
+
+__all__ = ["DaskEngine", "default_engine", "scheduler_from_env", "configure_dask", "ENV_SCHEDULER"]
+
+ENV_SCHEDULER = "MEDLENS_DASK_SCHEDULER"
+
+
+def configure_dask() -> None:
+    """Unset Dask's MALLOC_TRIM_THRESHOLD_ for workers spawned from here (and in this process)."""
+    import dask
+
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+
+
+def scheduler_from_env() -> str | None:
+    v = os.environ.get(ENV_SCHEDULER, "").strip()
+    return v or None
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_LOCAL: dict[int, Any] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _local_client(workers: int):  # type: ignore[no-untyped-def]
+    from distributed import Client, LocalCluster
+
+    with _LOCAL_LOCK:
+        client = _LOCAL.get(workers)
+        if client is not None and client.status == "running":
+            return client
+        configure_dask()
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster, set_as_default=False)
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # the nanny leaks it into this process
+        _LOCAL[workers] = client
+        return client
+
+
+@atexit.register
+def _close_local() -> None:
+    with _LOCAL_LOCK:
+        for client in _LOCAL.values():
+            try:
+                cluster = client.cluster
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+            except Exception:  # noqa: BLE001 - best effort at interpreter exit
+                pass
+        _LOCAL.clear()
+
+
+def _run_task(func: Callable[[Any], dict], items: list[tuple[int, Any]]) -> list[tuple[int, dict]]:
+    from analysis.batch import _run_chunk
+
+    return _run_chunk(func, items)
+
+
+class DaskEngine:
+    """Run chunks of work items on Dask workers (local cluster or ``scheduler`` address).
+
+    Parameters
+    ----------
+    workers : int, optional
+        Local cluster size (default: the available cores). Ignored with ``scheduler``.
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://host:8786``); default
+        ``$MEDLENS_DASK_SCHEDULER``, else a local cluster.
+    min_batch : int
+        Items per Dask task at least (small chunks are merged; default 50).
+    """
+
+    def __init__(self, workers: int | None = None, *, scheduler: str | None = None, min_batch: int = 50,
+                 connect_timeout: float = 20.0) -> None:
+        self.scheduler = scheduler if scheduler is not None else scheduler_from_env()
+        self._local_workers = max(1, int(workers or _cpu_count()))
+        self.min_batch = max(1, int(min_batch))
+        self.connect_timeout = connect_timeout
+        self._client = None
+
+    # ---------------------------------------------------------------- cluster
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        if self._client is None:
+            if self.scheduler:
+                from distributed import Client
+
+                configure_dask()
+                self._client = Client(self.scheduler, timeout=self.connect_timeout, set_as_default=False)
+            else:
+                self._client = _local_client(self._local_workers)
+        return self._client
+
+    @property
+    def workers(self) -> int:
+        if not self.scheduler:
+            return self._local_workers
+        info = self.client.scheduler_info(n_workers=-1) if _takes_n_workers() else self.client.scheduler_info()
+        return max(1, sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()))
+
+    def close(self) -> None:
+        """Disconnect from an external scheduler (the shared local cluster stays up)."""
+        if self.scheduler and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ---------------------------------------------------------------- work
+    def _batches(self, chunks: Iterable[list[tuple[int, Any]]]) -> Iterable[list[tuple[int, Any]]]:
+        buf: list[tuple[int, Any]] = []
+        for c in chunks:
+            buf.extend(c)
+            if len(buf) >= self.min_batch:
+                yield buf
+                buf = []
+        if buf:
+            yield buf
+
+    def map_chunks(self, func: Callable[[Any], dict], chunks: Iterable[list[tuple[int, Any]]],
+                   on_chunk: Callable[[list[tuple[int, dict]]], None]) -> None:
+        """Run ``batch._run_chunk(func, chunk)`` on the cluster for every (merged) chunk.
+
+        A task lost with its worker (a decoder crash killing the process) is retried item by
+        item; an item that fails again is reported as failed, and the run goes on.
+        """
+        from distributed import as_completed
+
+        client = self.client
+        window = 2 * self.workers + 2
+        it = iter(self._batches(chunks))
+        ac = as_completed()
+        items_of: dict[Any, list[tuple[int, Any]]] = {}
+
+        def submit(batch: list[tuple[int, Any]], retries: int = 0) -> None:
+            f = client.submit(_run_task, func, batch, pure=False, retries=retries)
+            items_of[f] = batch
+            ac.add(f)
+
+        for _ in range(window):
+            b = next(it, None)
+            if b is None:
+                break
+            submit(b)
+        try:
+            for fut in ac:
+                batch = items_of.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a lost task is retried per item
+                    if len(batch) > 1:
+                        for one in batch:
+                            submit([one])
+                        continue
+                    res = [(batch[0][0], {"error": _lost_reason(exc)})]
+                finally:
+                    fut.release()
+                on_chunk(res)
+                nxt = next(it, None)
+                if nxt is not None:
+                    submit(nxt)
+        except BaseException:
+            for f in list(items_of):
+                f.cancel()
+            raise
+
+
+def _lost_reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return "the decoder crashed on this file (worker process died)"
+    return f"the worker failed on this file ({name})"
+
+
+def _takes_n_workers() -> bool:
+    import inspect
+
+    from distributed import Client
+
+    return "n_workers" in inspect.signature(Client.scheduler_info).parameters
+
+
+def default_engine(n_items: int, workers: int | None = None, *, scheduler: str | None = None) -> Any:
+    """Serial for small batches (cluster start-up would dominate); else Dask.
+
+    ``scheduler`` (or ``$MEDLENS_DASK_SCHEDULER``) selects an existing cluster.
+    ``MEDLENS_SERIAL=1`` forces in-process work.
+    """
+    from analysis.batch import SerialEngine
+
+    scheduler = scheduler if scheduler is not None else scheduler_from_env()
+    if scheduler:
+        return DaskEngine(scheduler=scheduler)
+    workers = workers or _cpu_count()
+    if os.environ.get("MEDLENS_SERIAL") == "1" or workers <= 1 and n_items < 200 or n_items < 64:
+        return SerialEngine()
+    return DaskEngine(workers)
