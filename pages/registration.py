@@ -1,4 +1,3 @@
-from ui.common import header, not_built
+from ui.registration import registration_page
 
-header("Registration")
-not_built("The Registration page", "tracked in its own issue")
+registration_page()
