@@ -31,6 +31,10 @@ Pixel conventions (see :mod:`analysis.image`)
 * Non-finite float pixels (NaN/±inf) are **replaced by the lowest finite value** of the
   image and counted in ``metadata["notes"]``; an image with no finite value is refused.
 * A DICOM window width ≤ 0 (or non-finite) is ignored (``window=None``) with a note.
+
+Privacy: metadata passes :func:`analysis.privacy.safe_metadata` / ``restrict``; error
+reasons never quote file contents (decoder messages only); pydicom's *read* validation is
+set to IGNORE process-wide on first use, because its warnings quote element values.
 """
 
 from __future__ import annotations
@@ -100,6 +104,12 @@ class _Reject(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+#: Exceptions that must never be turned into a LoadError. Everything else, including
+#: BaseException subclasses raised by native decoders (e.g. a Rust panic in a codec
+#: surfaces as ``pyo3_runtime.PanicException``), becomes a LoadError at the boundary.
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
@@ -534,8 +544,20 @@ def _zip_entries(data: bytes, name: str, limits: Limits, depth: int) -> list[_En
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
+def _quiet_pydicom() -> None:
+    """pydicom's read validation warns and logs *values* of malformed elements (a bad
+    PatientBirthDate would be echoed into the server log). MedLens validates what it uses
+    itself, so read validation is switched off process-wide (writing is unaffected)."""
+    import pydicom.config
+
+    if pydicom.config.settings.reading_validation_mode != pydicom.config.IGNORE:
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 def _read_dicom(data: bytes, *, header_only: bool):
     import pydicom
+
+    _quiet_pydicom()
 
     if data[:4] == b"DICM":
         data = bytes(128) + data
@@ -550,8 +572,22 @@ def _read_dicom(data: bytes, *, header_only: bool):
     except Exception as e:
         raise _Reject(f"damaged DICOM header ({type(e).__name__})") from None
     if len(ds) == 0:
+        if data[128:132] == b"DICM":
+            raise _Reject("truncated DICOM file: no data elements after the file meta header")
         raise _Reject("not a DICOM image: no data elements could be read")
+    _check_truncated_elements(ds)
     return ds
+
+
+def _check_truncated_elements(ds) -> None:
+    """pydicom silently keeps a value cut short by the end of the file: refuse that
+    (except for pixel data, which gets its own precise message later)."""
+    for raw in ds.elements():
+        length, value = getattr(raw, "length", None), getattr(raw, "value", None)
+        if (isinstance(value, (bytes, bytearray)) and isinstance(length, int) and length != 0xFFFFFFFF
+                and len(value) < length and int(raw.tag) not in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
+            raise _Reject(f"truncated DICOM header: the file ends inside element "
+                          f"({int(raw.tag) >> 16:04X},{int(raw.tag) & 0xFFFF:04X})")
 
 
 def _get(ds, keyword: str, default: Any = None) -> Any:
@@ -748,7 +784,9 @@ def _decode_dicom(ds, geom: _Geom) -> np.ndarray:
         raise
     except RecursionError:
         raise _Reject("DICOM sequences nested too deeply to read safely") from None
-    except Exception as e:
+    except BaseException as e:  # native decoders may raise BaseException subclasses (panics)
+        if isinstance(e, _FATAL):
+            raise
         if geom.encapsulated:
             raise _Reject(f"decoding {_codec_name(ts)} failed: {_short(e)}") from None
         raise _Reject(f"pixel data could not be read: {_short(e)}") from None
@@ -927,6 +965,8 @@ def _dicom_image(data: bytes, name: str, limits: Limits, digest: str) -> Image:
     notes: list[str] = []
     pix_kw = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if pix_kw is None:
+        if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
+            raise _Reject("truncated DICOM file: the image header is there but the pixel data is missing")
         raise _Reject(f"no image in this DICOM ({_dicom_kind(ds)})")
     _ensure_transfer_syntax(ds, pix_kw, notes)
     geom = _dicom_geometry(ds, pix_kw, limits, notes)
@@ -1069,7 +1109,9 @@ def _load_series(recs: list[_Rec], limits: Limits, errors: list[LoadError]) -> l
             try:
                 data = r.entry.read(limits)
                 img = _dicom_image(data, r.entry.name, limits, _sha(data))
-            except Exception as e:
+            except BaseException as e:
+                if isinstance(e, _FATAL):
+                    raise
                 errors.append(LoadError(r.entry.name, _reason(e)))
                 continue
             img.metadata.setdefault("notes", []).append(f"not stacked into a volume: {why}")
@@ -1094,7 +1136,9 @@ def _load_series(recs: list[_Rec], limits: Limits, errors: list[LoadError]) -> l
             img = _dicom_image(data, r.entry.name, limits, _sha(data))
             if img.pixels.shape != (rows, cols):
                 raise _Reject(f"slice shape {img.pixels.shape} differs from the series ({rows}, {cols})")
-        except Exception as e:
+        except BaseException as e:
+            if isinstance(e, _FATAL):
+                raise
             errors.append(e if isinstance(e, LoadError) else LoadError(r.entry.name, _reason(e)))
             continue
         vol[i] = img.pixels
@@ -1334,7 +1378,9 @@ def _tiff_image(data: bytes, name: str, limits: Limits, digest: str) -> Image:
         if photometric not in ("SEPARATED", "YCBCR", "CIELAB", "ICCLAB", "ITULAB"):
             try:
                 arr = s.asarray()
-            except Exception as e:
+            except BaseException as e:
+                if isinstance(e, _FATAL):
+                    raise
                 if "imagecodecs" not in str(e):
                     raise _Reject(f"decoding TIFF failed: {_short(e)}") from None
         if arr is not None:
@@ -1408,7 +1454,9 @@ def _pil_tiff(data: bytes, limits: Limits, notes: list[str]) -> np.ndarray:
         raise
     except PILImage.DecompressionBombError:
         raise _Reject("image too large (decompression bomb protection)") from None
-    except Exception as e:
+    except BaseException as e:
+        if isinstance(e, _FATAL):
+            raise
         raise _Reject(f"decoding TIFF failed: {_short(e)}") from None
     if len(planes) > 1 and len({(p.shape, p.dtype) for p in planes}) == 1:
         return np.stack(planes)
@@ -1538,15 +1586,13 @@ Source = Union[str, os.PathLike, tuple, bytes, Any]
 
 
 def _process(items: Iterable[_Entry | LoadError], limits: Limits, errors: list[LoadError]) -> list[Image]:
-    """Load every entry; group DICOM files by series; keep the input order."""
+    """Load every entry; group DICOM files by series; images and errors in input order."""
     slots: list[tuple[int, list[Image]]] = []
+    failed: list[tuple[int, LoadError]] = []
     series: dict[str, list[_Rec]] = {}
     counter = 0
 
-    def handle(entry: _Entry) -> None:
-        nonlocal counter
-        order = counter
-        counter += 1
+    def handle(entry: _Entry, order: int) -> None:
         head = entry.head()
         if not head:
             raise _Reject("empty file (0 bytes)")
@@ -1566,27 +1612,39 @@ def _process(items: Iterable[_Entry | LoadError], limits: Limits, errors: list[L
         slots.append((order, _load_one(data, fmt, entry.name, limits)))
 
     def guarded(item: _Entry | LoadError) -> None:
+        nonlocal counter
+        order = counter
+        counter += 1
         if isinstance(item, LoadError):
-            errors.append(item)
+            failed.append((order, item))
             return
         try:
-            handle(item)
+            handle(item, order)
         except LoadError as e:
-            errors.append(e)
-        except Exception as e:  # the boundary: nothing but LoadError leaves
-            errors.append(LoadError(item.name, _reason(e)))
+            failed.append((order, e))
+        except BaseException as e:  # the boundary: nothing but LoadError leaves
+            if isinstance(e, _FATAL):
+                raise
+            failed.append((order, LoadError(item.name, _reason(e))))
 
     for item in items:
         guarded(item)
     for recs in series.values():
         first = min(r.order for r in recs)
+        where = {r.entry.name: r.order for r in recs}
+        sub: list[LoadError] = []
         try:
-            slots.append((first, _load_series(recs, limits, errors)))
+            slots.append((first, _load_series(recs, limits, sub)))
         except LoadError as e:
-            errors.append(e)
-        except Exception as e:
-            errors.append(LoadError(min(recs, key=lambda r: r.order).entry.name, _reason(e)))
-    slots.sort(key=lambda s: s[0])
+            sub.append(e)
+        except BaseException as e:
+            if isinstance(e, _FATAL):
+                raise
+            sub.append(LoadError(min(recs, key=lambda r: r.order).entry.name, _reason(e)))
+        failed.extend((where.get(e.filename, first), e) for e in sub)
+    slots.sort(key=lambda t: t[0])
+    failed.sort(key=lambda t: t[0])
+    errors.extend(e for _, e in failed)
     images = [im for _, ims in slots for im in ims]
     _dedupe_names(images)
     return images
@@ -1654,7 +1712,9 @@ def load_bytes(data: bytes, name: str, *, limits: Limits | None = None,
         images = _process([_bytes_entry(name, data)], limits, errs)
     except LoadError:
         raise
-    except Exception as e:
+    except BaseException as e:
+        if isinstance(e, _FATAL):
+            raise
         raise LoadError(name, _reason(e)) from None
     return _finish(images, errs, errors, name)
 
@@ -1673,7 +1733,9 @@ def load_path(path: str | os.PathLike, *, limits: Limits | None = None,
         images = _process(_path_entries(p), limits, errs)
     except LoadError:
         raise
-    except Exception as e:
+    except BaseException as e:
+        if isinstance(e, _FATAL):
+            raise
         raise LoadError(p.name or str(p), _reason(e)) from None
     return _finish(images, errs, errors, p.name or str(p))
 
@@ -1692,12 +1754,16 @@ def load_many(sources: Iterable[Source], *, limits: Limits | None = None) -> tup
         for i, src in enumerate(sources):
             try:
                 yield from _source_items(src, i)
-            except Exception as e:
+            except BaseException as e:
+                if isinstance(e, _FATAL):
+                    raise
                 yield LoadError(f"source {i + 1}", _reason(e))
 
     try:
         images = _process(items(), limits, errs)
-    except Exception as e:  # defensive: a bug must not hide the errors gathered so far
+    except BaseException as e:  # defensive: a bug must not hide the errors gathered so far
+        if isinstance(e, _FATAL):
+            raise
         errs.append(LoadError("(batch)", _reason(e)))
         images = []
     return images, errs
@@ -1730,7 +1796,9 @@ def read_metadata(path_or_bytes: str | os.PathLike | bytes, name: str | None = N
         return privacy.restrict(_metadata(entry, limits))
     except LoadError:
         raise
-    except Exception as e:
+    except BaseException as e:
+        if isinstance(e, _FATAL):
+            raise
         raise LoadError(label, _reason(e)) from None
 
 

@@ -134,16 +134,24 @@ _IDENT_WORDS = ("Patient", "Physician", "Institution", "Operator", "Address", "T
 def is_identifying_keyword(keyword: str, vr: str | None = None) -> bool:
     """True for keywords that identify a person/place/device/study (by list or by rule).
 
-    Rules: listed in :data:`IDENTIFYING_KEYWORDS`; ends in ``UID``/``Date``/``Time``/
-    ``DateTime``/``ID``/``SerialNumber``; mentions a patient, physician, institution,
-    operator, address, telephone or birth; or has a PN/DA/TM/DT/UI VR (person names,
-    dates, times, UIDs).
+    Rules: listed in :data:`IDENTIFYING_KEYWORDS`; a PN/DA/TM/DT/UI value representation
+    (person names, dates, times, UIDs; looked up in pydicom's dictionary when ``vr`` is
+    not given); a keyword ending in ``UID``/``Date``/``DateTime``/``ID``/``IDs``/
+    ``SerialNumber``; or one mentioning a patient, physician, institution, operator,
+    address, telephone or birth. (``EchoTime`` is a DS duration, not identifying.)
     """
     if keyword in IDENTIFYING_KEYWORDS:
         return True
-    if vr is not None and vr in _IDENT_VRS:
+    if vr is None:
+        try:
+            from pydicom.datadict import dictionary_VR
+
+            vr = dictionary_VR(keyword)
+        except Exception:
+            vr = None
+    if vr is not None and str(vr) in _IDENT_VRS:
         return True
-    if keyword.endswith(("UID", "UIDs", "Date", "Time", "DateTime", "ID", "IDs", "SerialNumber")):
+    if keyword.endswith(("UID", "UIDs", "Date", "DateTime", "ID", "IDs", "SerialNumber")):
         return True
     return any(w in keyword for w in _IDENT_WORDS)
 
