@@ -63,6 +63,7 @@ __all__ = [
     "signature_matrix",
     "MAX_LEVELS",
     "default_settings",
+    "features_for_image",
     "largest_region",
     "roi_mask",
     "RANGE_PRESETS",
@@ -747,17 +748,32 @@ def extract_entry(entry: dict[str, Any], **settings: Any) -> dict[str, Any]:
         m = load_aux(entry, "mask_path")
         if m is not None and m.shape == a.shape and m.any():
             given = m
-    mask = roi_mask(a, s, mask=given, spacing=plane.spacing)
-    row: dict[str, Any] = compute_features(a, s, mask=mask, spacing=plane.spacing, shape_mask=given)
+    return features_for_image(a, s, spacing=plane.spacing, given_mask=given)
+
+
+def features_for_image(
+    a: np.ndarray,
+    settings: FeatureSettings,
+    *,
+    spacing: tuple[float, float] | None = None,
+    given_mask: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Features of one 2-D plane exactly as :func:`extract_entry` computes them (same ROI rules),
+    plus the ``_``-prefixed bookkeeping columns. ``given_mask``: the entry's mask, if any."""
+    s = settings
+    a = np.asarray(a, dtype=np.float32)
+    if given_mask is not None and (given_mask.shape != a.shape or not given_mask.any()):
+        given_mask = None
+    mask = roi_mask(a, s, mask=given_mask, spacing=spacing)
+    row: dict[str, Any] = compute_features(a, s, mask=mask, spacing=spacing, shape_mask=given_mask)
     roi = _roi(a, mask, s.range_min, s.range_max)
     v = a[roi]
     row.update({
         "_signature": signature(a),
         "_rows": int(a.shape[0]),
         "_cols": int(a.shape[1]),
-        "_spacing_row_mm": float(plane.spacing[0]) if plane.spacing else float("nan"),
-        "_spacing_col_mm": float(plane.spacing[1]) if plane.spacing else float("nan"),
-        "_units": plane.units,
+        "_spacing_row_mm": float(spacing[0]) if spacing else float("nan"),
+        "_spacing_col_mm": float(spacing[1]) if spacing else float("nan"),
         "_roi": s.roi if mask is not None else "whole",
         "_range_min": float(v.min()) if v.size else float("nan"),
         "_range_max": float(v.max()) if v.size else float("nan"),

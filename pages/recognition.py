@@ -1,4 +1,3 @@
-from ui.common import header, not_built
+from ui.recognition import recognition_page
 
-header("Recognition")
-not_built("The Recognition page", "tracked in its own issue")
+recognition_page()
