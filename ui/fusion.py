@@ -382,12 +382,16 @@ def fusion_page() -> None:
             else:
                 params[p.name] = param_widget(p, widget_key(op.key, p.name, P))
         st.caption(f"Intensity domain: {safe_text(op.domain, 400)}")
+    g = grid if differ else "A"
     try:
         with st.spinner("Registering B to A…" if register else "Preparing the pair…"):
-            pair = prepare_pair(ia, ib, grid if differ else "A", bool(register and can_register))
+            pair = prepare_pair(ia, ib, g, bool(register and can_register))
     except Exception as exc:  # noqa: BLE001 - a failing registration must not take the page down
-        st.error(f"Could not prepare the pair: {safe_text(f'{type(exc).__name__}: {exc}', 300)}")
-        return
+        if not register:
+            st.error(f"Could not prepare the pair: {safe_text(f'{type(exc).__name__}: {exc}', 300)}")
+            return
+        st.warning(f"Registration failed ({safe_text(f'{type(exc).__name__}: {exc}', 300)}); showing the pair unregistered.")
+        pair = prepare_pair(ia, ib, g, False)
     with right:
         sp = pair["spacing"]
         st.caption(f"A: {safe_text(entry_name(ea))} · {ia.shape2d[0]}×{ia.shape2d[1]} px · {ia.units} — "
