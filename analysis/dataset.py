@@ -268,10 +268,13 @@ def ingest_uploads(
     """Load uploaded files (any supported format, ZIPs included) into a session folder.
 
     Every loaded image is stored as a private ``.mlimg.npz`` named by its digest;
-    unreadable files become ``errors`` rows ``{"file", "reason"}`` and the rest goes on.
-    Images already in ``existing`` are kept (nothing stored is lost).
+    unreadable files (and unreadable entries of a ZIP) become ``errors`` rows
+    ``{"file", "reason"}`` and the rest goes on. Images already in ``existing`` are kept
+    (nothing stored is lost). Decoding runs in a worker process
+    (:func:`analysis.sandbox.load_bytes_isolated`): a decoder crash or hang becomes an error
+    row, never a crash of the server.
     """
-    from analysis import io
+    from analysis import io, sandbox
     from analysis.store import save_image
 
     store_dir = Path(store_dir)
@@ -282,14 +285,19 @@ def ingest_uploads(
         rows = existing.entries.to_dict("records")
     seen = {r["id"] for r in rows}
     for name, data in files:
+        entry_errors: list[io.LoadError] = []
         try:
-            images = io.load_bytes(data, name, limits=limits)
+            images = sandbox.load_bytes_isolated(data, name, limits=limits, errors=entry_errors,
+                                                 timeout=sandbox.timeout_for(len(data)))
         except io.LoadError as exc:
             errors.append({"file": exc.filename, "reason": exc.reason})
             continue
         except Exception as exc:  # noqa: BLE001 - never let one upload take the page down
             errors.append({"file": name, "reason": f"could not be read ({type(exc).__name__})"})
             continue
+        errors.extend({"file": e.filename, "reason": e.reason} for e in entry_errors)
+        if not images and not entry_errors:
+            errors.append({"file": name, "reason": "no images found in this file"})
         for img in images:
             eid = "u" + hashlib.sha256(img.digest.encode()).hexdigest()[:12]
             if eid in seen:
