@@ -67,6 +67,25 @@ def _run_chunk(func: Callable[[Any], dict], chunk: Sequence[tuple[int, Any]]) ->
     return out
 
 
+def _worker_init() -> None:
+    """One thread per worker process: the pool already uses every core, and nested thread
+    pools (OpenCV, BLAS) in each worker only compete with each other."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # noqa: BLE001 - OpenCV is optional here
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class Engine(Protocol):
     workers: int
 
@@ -106,7 +125,7 @@ class ProcessEngine:
                     ctx.set_forkserver_preload(["analysis.batch", "analysis.io", "analysis.registry"])
                 except Exception:  # noqa: BLE001 - preload is an optimisation only
                     pass
-                pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+                pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init)
                 self._shared[self.workers] = pool
             return pool
 
