@@ -873,8 +873,12 @@ def _modality_lut(ds, arr: np.ndarray, geom: _Geom, notes: list[str]) -> tuple[n
         return (out if geom.frames > 1 else out[0]), False, None
     if has_top:
         ds.RescaleSlope, ds.RescaleIntercept = params[0][0], params[0][1]
-        for i in range(frames.shape[0]):  # frame by frame: pydicom returns float64
-            out[i] = apply_modality_lut(frames[i], ds)
+        slope, intercept = params[0][0], params[0][1]
+        if slope == 1.0 and intercept == int(intercept) and frames.dtype.kind in "iu" and frames.dtype.itemsize <= 2:
+            np.add(frames, np.float32(intercept), out=out, dtype=np.float32)  # exact: integers < 2**24
+        else:
+            for i in range(frames.shape[0]):  # frame by frame: pydicom returns float64
+                out[i] = apply_modality_lut(frames[i], ds)
     else:
         if len({p[:2] for p in params}) > 1:
             notes.append("rescale slope/intercept vary per frame (per-frame functional groups)")
@@ -1585,8 +1589,12 @@ def _load_one(data: bytes, fmt: str, name: str, limits: Limits) -> list[Image]:
 Source = Union[str, os.PathLike, tuple, bytes, Any]
 
 
-def _process(items: Iterable[_Entry | LoadError], limits: Limits, errors: list[LoadError]) -> list[Image]:
-    """Load every entry; group DICOM files by series; images and errors in input order."""
+def _process(items: Iterable[_Entry | LoadError], limits: Limits, errors: list[LoadError], *,
+             group_top: bool = True) -> list[Image]:
+    """Load every entry; group DICOM files by series; images and errors in input order.
+
+    ``group_top=False``: a top-level DICOM entry (not from a ZIP) is loaded directly,
+    skipping the series pass (one file on its own cannot form a series)."""
     slots: list[tuple[int, list[Image]]] = []
     failed: list[tuple[int, LoadError]] = []
     series: dict[str, list[_Rec]] = {}
@@ -1604,7 +1612,7 @@ def _process(items: Iterable[_Entry | LoadError], limits: Limits, errors: list[L
                 guarded(sub)
             return
         data = entry.read(limits)
-        if fmt == "dicom" and data[:2] != b"\x1f\x8b":
+        if fmt == "dicom" and data[:2] != b"\x1f\x8b" and (group_top or entry.depth > 0):
             rec = _dicom_record(data, entry, order)
             if rec is not None:
                 series.setdefault(rec.uid, []).append(rec)
@@ -1709,7 +1717,7 @@ def load_bytes(data: bytes, name: str, *, limits: Limits | None = None,
     try:
         if len(data) > limits.max_file_bytes:
             raise LoadError(name, f"file too large: {format_bytes(len(data))} (limit {format_bytes(limits.max_file_bytes)})")
-        images = _process([_bytes_entry(name, data)], limits, errs)
+        images = _process([_bytes_entry(name, data)], limits, errs, group_top=False)
     except LoadError:
         raise
     except BaseException as e:
@@ -1730,7 +1738,7 @@ def load_path(path: str | os.PathLike, *, limits: Limits | None = None,
     p = Path(path)
     errs: list[LoadError] = []
     try:
-        images = _process(_path_entries(p), limits, errs)
+        images = _process(_path_entries(p), limits, errs, group_top=p.is_dir())
     except LoadError:
         raise
     except BaseException as e:
