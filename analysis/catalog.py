@@ -614,6 +614,8 @@ def _dicom_image(data: bytes, name: str, salt: bytes) -> dict[str, Any]:
     except (InvalidDicomError, EOFError, ValueError, struct.error, OSError) as exc:
         raise LoadError(name, f"not a readable DICOM file ({type(exc).__name__}): the header is damaged or truncated") from None
     pos = fp.tell()
+    if pos >= len(data) - 8:
+        raise LoadError(name, "no pixel data: the file ends after its header (truncated, or a DICOM object without an image)")
     h = _Header(ds)
     ts_uid = None
     fm = getattr(ds, "file_meta", None)

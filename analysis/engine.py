@@ -122,6 +122,7 @@ class DaskEngine:
 
                 configure_dask()
                 self._client = Client(self.scheduler, timeout=self.connect_timeout, set_as_default=False)
+                _warn_malloc_trim(self._client)
             else:
                 self._client = _local_client(self._local_workers)
         return self._client
@@ -162,7 +163,7 @@ class DaskEngine:
         client = self.client
         window = 2 * self.workers + 2
         it = iter(self._batches(chunks))
-        ac = as_completed()
+        ac = as_completed(loop=client.loop)
         items_of: dict[Any, list[tuple[int, Any]]] = {}
 
         def submit(batch: list[tuple[int, Any]], retries: int = 0) -> None:
@@ -196,6 +197,19 @@ class DaskEngine:
             for f in list(items_of):
                 f.cancel()
             raise
+
+
+def _warn_malloc_trim(client) -> None:  # type: ignore[no-untyped-def]
+    """An existing cluster is configured by its operator: say so if its workers still run with
+    MALLOC_TRIM_THRESHOLD_ (array work is 58–80 % slower there)."""
+    try:
+        values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return
+    if any(v is not None for v in values.values()):
+        logging.getLogger(__name__).warning(
+            "Dask workers run with MALLOC_TRIM_THRESHOLD_ set (slows array work); start them with "
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null in their Dask config")
 
 
 def _lost_reason(exc: BaseException) -> str:
