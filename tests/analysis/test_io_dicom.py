@@ -449,3 +449,25 @@ def test_digest_is_content_based():
     assert load_bytes(a, "a.dcm")[0].digest == load_bytes(a, "other-name.dcm")[0].digest
     assert load_bytes(a, "a.dcm")[0].digest != load_bytes(b, "b.dcm")[0].digest
     assert math.isfinite(float(load_bytes(a, "a.dcm")[0].pixels.sum()))
+
+
+def test_float_pixel_data_with_nan_is_made_finite():
+    values = np.arange(16, dtype=np.float32).reshape(4, 4) / 4 - 1
+    values[1, 2], values[3, 3] = np.nan, np.inf
+    data = make_dicom(np.zeros((4, 4), np.int16), PixelData=None, FloatPixelData=values.tobytes(), BitsAllocated=32,
+                      BitsStored=None, HighBit=None, PixelRepresentation=None, Modality="MR")
+    (img,) = load_bytes(data, "float.dcm")
+    expected = values.copy()
+    expected[~np.isfinite(values)] = -1.0  # the lowest finite value
+    np.testing.assert_array_equal(img.pixels, expected)
+    assert any("2 non-finite" in n for n in img.metadata["notes"])
+
+
+def test_zip_given_as_a_path(tmp_path):
+    files = _series([(0, 0, z) for z in (0.0, 2.0, 4.0)])
+    p = tmp_path / "upload.zip"
+    p.write_bytes(_zip([(f"x/{k}.dcm", d) for k, d in enumerate(files)] + [("x/readme.txt", b"hello")]))
+    errors: list[LoadError] = []
+    (vol,) = load_path(p, errors=errors)
+    assert vol.name == "upload.zip/x" and vol.pixels.shape == (3, 6, 7) and vol.slice_spacing == 2.0
+    assert [e.filename for e in errors] == ["upload.zip/x/readme.txt"]
