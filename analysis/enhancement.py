@@ -11,8 +11,9 @@ registry entry states its domain in ``domain=``:
 * *tone mappings* (stretch, gamma, log, equalization, CLAHE) rescale the data to
   ``u ∈ [0, 1]`` over a stated intensity range (the image's min–max, a percentile range
   or a window in physical units), transform ``u`` and map the result back onto that
-  range, so the output stays inside the input's value range and units. The values are
-  then remapped intensities, no longer measurements;
+  range, so the output stays inside the input's value range. The values are then
+  remapped intensities, no longer measurements: the Result's ``units`` says so
+  (``"HU (remapped)"``), views window them on their own and exports do not label them HU;
 * scikit-image functions that assume ``[0, 1]`` / ``[-1, 1]`` floats (CLAHE, TV) are
   only ever called on such rescaled data — never on HU floats.
 """
@@ -33,10 +34,11 @@ __all__ = [
 RANGE_MODES = ("image", "percentiles 0.5–99.5", "window")
 
 _WINDOW_PARAMS = [
-    Param("center", 40.0, min=-5000.0, max=70000.0, step=1.0, unit="phys. units",
-          help="Window center in the image's physical units (used when the range is 'window')."),
-    Param("width", 400.0, min=1.0, max=140000.0, step=1.0, unit="phys. units",
-          help="Window width in physical units (used when the range is 'window')."),
+    # no upper bounds: typed as numbers (a 1..140000 slider cannot hit 400 HU), any finite center
+    Param("center", 40.0, step=1.0, unit="phys. units",
+          help="Window center in the image's physical units, e.g. 40 HU (used when the range is 'window')."),
+    Param("width", 400.0, min=1.0, step=1.0, unit="phys. units",
+          help="Window width in physical units, e.g. 400 HU (used when the range is 'window')."),
 ]
 
 
@@ -93,6 +95,16 @@ def _from_unit(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
+def remapped_units(units: str | None) -> str:
+    """Unit label of a tone-mapped output: same numeric range as the input, but no longer a
+    physical measurement (so views auto-window it and exports do not call it HU)."""
+    return f"{units} (remapped)" if units and not str(units).endswith("(remapped)") else (units or "remapped intensity")
+
+
+def _remapped(out: np.ndarray, units: str | None) -> Result:
+    return Result(image=out, units=remapped_units(units))
+
+
 def _span(a: np.ndarray) -> float:
     """1–99 % intensity span (robust scale for relative parameters)."""
     f = _finite_values(a)
@@ -109,7 +121,8 @@ def _span(a: np.ndarray) -> float:
     "enhancement.stretch",
     title="Linear contrast stretch",
     domain="physical units; the range [lo, hi] (percentiles or a window in physical units) is mapped linearly "
-           "onto the image's full min–max range, values outside are clipped; output in input units",
+           "onto the image's full min–max range, values outside are clipped; output: remapped intensities in the input's "
+           "range (units labelled '(remapped)')",
     params=[
         Param("mode", "percentiles", options=("percentiles", "window"), help="How [lo, hi] is chosen."),
         Param("low_pct", 1.0, min=0.0, max=49.9, step=0.1, unit="%", help="Lower percentile (mode 'percentiles')."),
@@ -118,7 +131,7 @@ def _span(a: np.ndarray) -> float:
     ],
 )
 def stretch(image: np.ndarray, *, mode: str = "percentiles", low_pct: float = 1.0, high_pct: float = 99.0,
-            center: float = 40.0, width: float = 400.0) -> np.ndarray:
+            center: float = 40.0, width: float = 400.0, units: str | None = None) -> Result:
     """Linear contrast stretch (Gonzalez & Woods, *Digital Image Processing*, 4th ed., §3.2,
     piecewise-linear transformation): ``out = m + (M - m) * clip((f - lo) / (hi - lo), 0, 1)``
     with ``m, M`` the image's min and max."""
@@ -128,34 +141,36 @@ def stretch(image: np.ndarray, *, mode: str = "percentiles", low_pct: float = 1.
     lo, hi = intensity_range(a, "window" if mode == "window" else "percentiles", center=center, width=width,
                              low_pct=low_pct, high_pct=high_pct)
     m, mx = intensity_range(a, "image")
-    return _from_unit(_to_unit(a, lo, hi), m, mx)
+    return _remapped(_from_unit(_to_unit(a, lo, hi), m, mx), units)
 
 
 @register(
     "enhancement.gamma",
     title="Gamma correction",
-    domain="any real values: rescaled to [0, 1] over the image's min–max, gamma applied, mapped back to input units",
+    domain="any real values: rescaled to [0, 1] over the image's min–max, gamma applied, mapped back onto that range "
+           "(remapped intensities; gamma 1 returns the input unchanged)",
     params=[Param("gamma", 1.0, min=0.1, max=5.0, step=0.05, log=True, help="< 1 brightens dark values, > 1 darkens; 1 is the identity.")],
 )
-def gamma(image: np.ndarray, *, gamma: float = 1.0) -> np.ndarray:
+def gamma(image: np.ndarray, *, gamma: float = 1.0, units: str | None = None) -> np.ndarray | Result:
     """Power-law (gamma) intensity transform ``out = lo + (hi - lo) * u**gamma``,
-    with ``u`` the input rescaled to [0, 1] over its range (Gonzalez & Woods, 3.2.3)."""
+    with ``u`` the input rescaled to [0, 1] over its range (Gonzalez & Woods, 3.2.3).
+    ``gamma = 1`` returns the input values unchanged (still physical units)."""
     a = _as_float(image)
     if gamma == 1.0:
         return a.copy()
     lo, hi = intensity_range(a, "image")
-    return _from_unit(np.power(_to_unit(a, lo, hi), gamma), lo, hi)
+    return _remapped(_from_unit(np.power(_to_unit(a, lo, hi), gamma), lo, hi), units)
 
 
 @register(
     "enhancement.log",
     title="Log transform",
     domain="any real values: rescaled to u ∈ [0, 1] over the image's min–max, out = log(1 + g·u) / log(1 + g), "
-           "mapped back to input units",
+           "mapped back onto that range (remapped intensities)",
     params=[Param("gain", 10.0, min=0.01, max=1000.0, step=0.5, log=True,
                   help="Curvature g: small ≈ identity, large expands dark values strongly.")],
 )
-def log_transform(image: np.ndarray, *, gain: float = 10.0) -> np.ndarray:
+def log_transform(image: np.ndarray, *, gain: float = 10.0, units: str | None = None) -> Result:
     """Logarithmic transform ``s = c · log(1 + r)`` (Gonzalez & Woods, §3.2.2), normalised
     so that ``u = 0 → 0`` and ``u = 1 → 1`` on the [0, 1]-rescaled image."""
     a = _as_float(image)
@@ -164,17 +179,17 @@ def log_transform(image: np.ndarray, *, gain: float = 10.0) -> np.ndarray:
     u *= np.float32(gain)
     np.log1p(u, out=u)
     u *= np.float32(1.0 / np.log1p(gain))
-    return _from_unit(u, lo, hi)
+    return _remapped(_from_unit(u, lo, hi), units)
 
 
 @register(
     "enhancement.equalize",
     title="Histogram equalization",
     domain="any real values: histogram over the image's min–max with nbins bins; the CDF (in [0, 1]) is mapped "
-           "back onto the input's min–max range, so the output keeps input units and range",
+           "back onto the input's min–max range (remapped intensities in the input's range)",
     params=[Param("nbins", 256, min=16, max=4096, step=16, help="Histogram bins used for the CDF.")],
 )
-def equalize(image: np.ndarray, *, nbins: int = 256) -> np.ndarray:
+def equalize(image: np.ndarray, *, nbins: int = 256, units: str | None = None) -> Result:
     """Global histogram equalization (Gonzalez & Woods, §3.3.1; scikit-image
     ``exposure.equalize_hist``): each value is replaced by its cumulative distribution
     value, which makes the output histogram approximately uniform."""
@@ -183,7 +198,7 @@ def equalize(image: np.ndarray, *, nbins: int = 256) -> np.ndarray:
     a = _as_float(image)
     lo, hi = intensity_range(a, "image")
     cdf = exposure.equalize_hist(a, nbins=int(nbins))
-    return _from_unit(cdf, lo, hi)
+    return _remapped(_from_unit(cdf, lo, hi), units)
 
 
 @register(
@@ -191,7 +206,7 @@ def equalize(image: np.ndarray, *, nbins: int = 256) -> np.ndarray:
     title="CLAHE (adaptive equalization)",
     domain="physical units → rescaled to [0, 1] over the chosen range (image min–max, 0.5–99.5 % percentiles or a "
            "window in physical units; values outside are clipped), CLAHE on [0, 1] floats (scikit-image rejects HU "
-           "floats), result mapped back to that range in input units",
+           "floats), result mapped back onto that range (remapped intensities, units labelled '(remapped)')",
     params=[
         Param("kernel_size", 64, min=8, max=512, step=8, unit="px", help="Contextual region (tile) size."),
         Param("clip_limit", 0.01, min=0.001, max=1.0, step=0.001, log=True,
@@ -203,7 +218,7 @@ def equalize(image: np.ndarray, *, nbins: int = 256) -> np.ndarray:
     ],
 )
 def clahe(image: np.ndarray, *, kernel_size: int = 64, clip_limit: float = 0.01, nbins: int = 256,
-          range_mode: str = "image", center: float = 40.0, width: float = 400.0) -> np.ndarray:
+          range_mode: str = "image", center: float = 40.0, width: float = 400.0, units: str | None = None) -> Result:
     """Contrast-limited adaptive histogram equalization (Zuiderveld, "Contrast Limited
     Adaptive Histogram Equalization", *Graphics Gems IV*, 1994; Pizer et al., CVGIP 39,
     1987) via ``skimage.exposure.equalize_adapthist`` on explicitly rescaled data.
@@ -218,7 +233,7 @@ def clahe(image: np.ndarray, *, kernel_size: int = 64, clip_limit: float = 0.01,
     u = _to_unit(a, lo, hi)
     ks = int(min(kernel_size, max(a.shape)))
     out = exposure.equalize_adapthist(u, kernel_size=ks, clip_limit=float(clip_limit), nbins=int(nbins))
-    return _from_unit(out, lo, hi)
+    return _remapped(_from_unit(out, lo, hi), units)
 
 
 # ----------------------------------------------------------------------------- sharpening
@@ -460,7 +475,7 @@ def background(image: np.ndarray, *, method: str = "top-hat", radius: int = 25) 
            "(quantile mapping, exact for the reference's values)",
     params=[],
 )
-def match_histogram(image: np.ndarray, *, reference: np.ndarray | None = None) -> np.ndarray:
+def match_histogram(image: np.ndarray, *, reference: np.ndarray | None = None) -> Result:
     """Histogram specification (Gonzalez & Woods, §3.3.2) via
     ``skimage.exposure.match_histograms``: each value is mapped to the reference value of
     the same quantile. Needs the ``reference`` context image."""
@@ -472,4 +487,5 @@ def match_histogram(image: np.ndarray, *, reference: np.ndarray | None = None) -
     ref = np.asarray(reference)
     if ref.ndim != 2:
         raise ValueError(f"parameter 'reference' must be a 2-D greyscale image; got shape {ref.shape}")
-    return match_histograms(a, ref.astype(np.float32, copy=False)).astype(np.float32)
+    out = match_histograms(a, ref.astype(np.float32, copy=False)).astype(np.float32)
+    return Result(image=out, units="reference's units")

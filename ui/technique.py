@@ -152,6 +152,8 @@ def run_steps(image: Image, steps: Sequence[tuple[str, dict[str, Any]]], **conte
                 raise ValueError(f"step {i + 1} ({key}) produces a {registry.get(key).output}, so it must be the last step")
             cur = cur.with_pixels(res.image, units=res.units or cur.units,
                                   tag=f"{key}|{json.dumps(params, sort_keys=True, default=str)}")
+    if res.image is not None and res.units is None and cur.units != image.units:
+        res = dataclasses.replace(res, units=cur.units)  # e.g. "HU (remapped)" carried through later steps
     return res
 
 
@@ -206,13 +208,13 @@ def _md(s: str) -> str:
     return "".join("\\" + ch if ch in "\\*_$`#[]<>|~" else ch for ch in str(s))
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, (float, np.floating)):
         if math.isinf(v):
             return "∞" if v > 0 else "−∞"
         if math.isnan(v):
             return "–"
-        return f"{v:.4g}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
@@ -780,7 +782,7 @@ def _show_metrics(nums: dict[str, float]) -> None:
     for start in range(0, len(items), per_row):
         cols = st.columns(per_row)
         for col, (k, v) in zip(cols, items[start:start + per_row]):
-            col.metric(k, _fmt(v), help=METRIC_INFO.get(k, (True, None))[1])
+            col.metric(k, _fmt(v, 3), help=METRIC_INFO.get(k, (True, None))[1])
 
 
 # ----------------------------------------------------------------------------- the page

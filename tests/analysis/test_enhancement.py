@@ -215,3 +215,13 @@ def test_every_enhancement_op_accepts_int16_hu_and_returns_float32():
 def test_non_2d_input_is_rejected():
     with pytest.raises(ValueError, match="2-D"):
         registry.run("enhancement.gaussian", np.zeros((3, 8, 8), np.float32), {})
+
+
+@pytest.mark.parametrize("key", ["enhancement.stretch", "enhancement.log", "enhancement.equalize", "enhancement.clahe"])
+def test_tone_mappings_label_their_output_as_remapped(key):
+    a = hu_ramp()
+    res = registry.run(key, a, {}, units="HU")
+    assert res.units == "HU (remapped)"  # same range, no longer Hounsfield units
+    assert registry.run("enhancement.gaussian", a, {}, units="HU").units is None  # filters keep the input units
+    assert registry.run("enhancement.gamma", a, {"gamma": 1.0}, units="HU").units is None  # identity stays physical
+    assert registry.run("enhancement.gamma", a, {"gamma": 0.5}, units="HU").units == "HU (remapped)"

@@ -1,0 +1,88 @@
+"""Enhancement page in a real browser: a slider changes the after-image, the dataset-wide run
+draws its chart, and nothing errors in the console."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from tests.browser.conftest import assert_no_exception, open_page
+
+# A cheap content signature of the "after" heatmap of the linked compare figure (trace 1).
+_AFTER_SIG = """() => {
+  const plots = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
+  const el = plots.find(p => p.data && p.data.length >= 2 && p.data[0].type === 'heatmap' && p.data[1].type === 'heatmap');
+  if (!el) return null;
+  const z = el.data[1].z;
+  const s = (z && z.bdata) ? z.bdata : JSON.stringify(z);
+  let h = 0;
+  for (let i = 0; i < s.length; i++) { h = (h * 31 + s.charCodeAt(i)) | 0; }
+  return `${s.length}:${h}`;
+}"""
+
+
+def _choose(page, label: str, option: str, wait_ready) -> None:  # type: ignore[no-untyped-def]
+    wait_ready(page)
+    box = page.locator('[data-testid="stSelectbox"]', has_text=label).first
+    opt = page.get_by_role("option", name=option, exact=True).first
+    for _ in range(3):
+        box.click()
+        try:
+            opt.wait_for(state="visible", timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - the dropdown closed during a rerun; open it again
+            page.keyboard.press("Escape")
+    opt.click()
+
+
+def _after_sig(page) -> str | None:  # type: ignore[no-untyped-def]
+    return page.evaluate(_AFTER_SIG)
+
+
+def test_slider_changes_the_after_image(page, app_url, console_errors, wait_ready, shot):
+    open_page(page, app_url, "Enhancement")
+    page.wait_for_function(f"() => ({_AFTER_SIG})() !== null", timeout=60_000)
+    _choose(page, "Operation", "Gaussian smoothing", wait_ready)
+    page.wait_for_selector('[data-testid="stSlider"]:has-text("sigma")', timeout=30_000)
+    wait_ready(page)
+    page.wait_for_function(f"() => ({_AFTER_SIG})() !== null", timeout=60_000)
+    before = _after_sig(page)
+    shot(page, "enhancement_before_slider")
+    slider = page.locator('[data-testid="stSlider"]', has_text="sigma").first.get_by_role("slider")
+    slider.focus()
+    for _ in range(15):  # σ 1.0 → 2.5 px
+        slider.press("ArrowRight")
+    page.wait_for_function(f"(b) => {{ const s = ({_AFTER_SIG})(); return s !== null && s !== b; }}", arg=before, timeout=60_000)
+    # every key press reruns the page; wait for the last one to land in the link
+    page.wait_for_function("() => decodeURIComponent(location.href).includes('sigma=2.5')", timeout=60_000)
+    wait_ready(page)
+    after = _after_sig(page)
+    assert after != before
+    url = unquote(page.url)
+    assert "op=enhancement.gaussian" in url and "sigma=2.5" in url, url  # the state is in the shareable link
+    assert_no_exception(page)
+    shot(page, "enhancement_after_slider")
+    assert not console_errors, console_errors
+
+
+def test_dataset_wide_run_draws_the_chart(page, app_url, console_errors, wait_ready, shot):
+    open_page(page, app_url, "Enhancement")
+    page.get_by_role("tab", name="Dataset-wide").click()
+    run = page.get_by_role("button", name="Run on all")
+    run.wait_for(timeout=30_000)
+    run.click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.js-plotly-plot')].some(
+               p => p.data && p.data.some(t => t.type === 'box' || t.type === 'violin'))""",
+        timeout=240_000,
+    )
+    wait_ready(page, timeout=120_000)
+    page.wait_for_selector('text=images processed', timeout=30_000)
+    assert page.get_by_text("Worst:").count() >= 1 and page.get_by_text("Best:").count() >= 1
+    stages = page.evaluate(
+        """() => { const p = [...document.querySelectorAll('.js-plotly-plot')].find(
+                     p => p.data && p.data.some(t => t.type === 'box'));
+                   return p.data.map(t => t.name); }""")
+    assert "before" in stages and "after" in stages, stages
+    assert_no_exception(page)
+    shot(page, "enhancement_dataset_wide")
+    assert not console_errors, console_errors
