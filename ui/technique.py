@@ -254,10 +254,18 @@ class RunContext:
     clean: np.ndarray | None = None  # clean reference at the run image's size
     roi: tuple[int, ...] | None = None
     background: tuple[int, ...] | None = None
+    _clean_sig: str | None = None
 
     def metrics(self, fn: TileMetrics, result: Result) -> dict[str, float]:
-        return call_metrics(fn, self.image.grey(), result, self.image, clean=self.clean, roi=self.roi,
-                            background=self.background)
+        """Metrics of a result, memoised on the (cached) Result object itself."""
+        if self._clean_sig is None:
+            self._clean_sig = content_digest(self.clean)[:16] if self.clean is not None else "-"
+        sig = (f"{fn.__module__}.{fn.__qualname__}", self.image.digest, self._clean_sig, self.roi, self.background)
+        memo = result.extras.setdefault("_tile_metrics", {})
+        if sig not in memo:
+            memo[sig] = call_metrics(fn, self.image.grey(), result, self.image, clean=self.clean, roi=self.roi,
+                                     background=self.background)
+        return dict(memo[sig])
 
 
 def _set_params(prefix: str, op_key: str, params: dict[str, Any]) -> None:
@@ -348,7 +356,9 @@ def sweep_grid(image: Image, op: Operation, base: dict[str, Any], tile_metrics: 
     best_idx, metric = None, None
     if metric_cols:
         m1, m2 = st.columns([2, 1])
-        metric = m1.selectbox("Metric to rank tiles", metric_cols, key=f"{key}.metric",
+        preferred = [m for m in ("psnr_clean", "ssim_clean", "cnr") if m in metric_cols]
+        ordered = preferred[:1] + [m for m in metric_cols if m not in preferred[:1]]
+        metric = m1.selectbox("Metric to rank tiles", ordered, key=f"{key}.metric",
                               help="; ".join(f"{k}: {v[1]}" for k, v in METRIC_INFO.items() if k in metric_cols) or None)
         higher_default = METRIC_INFO.get(metric, (True, ""))[0]
         higher = m2.toggle("higher is better", value=higher_default, key=f"{key}.higher.{metric}")
@@ -387,6 +397,8 @@ def sweep_grid(image: Image, op: Operation, base: dict[str, Any], tile_metrics: 
             if best_idx is not None:
                 fig.add_trace(go.Scatter(x=[table[p1.name].iloc[best_idx]], y=[chart[metric].iloc[best_idx]], mode="markers",
                                          marker=dict(size=16, symbol="star", color="#f58518"), name="best"))
+            if p1.log and p1.kind == "float" and (table[p1.name] > 0).all():
+                fig.update_xaxes(type="log")
         fig.update_layout(height=300, margin=dict(l=0, r=0, t=10, b=0))
         st.plotly_chart(fig, width="stretch", key=f"{key}.chart")
     st.dataframe(table, hide_index=True, width="stretch")

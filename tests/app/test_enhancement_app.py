@@ -136,3 +136,18 @@ def test_ab_view_shows_metric_deltas():
     assert tables
     tab = tables[0].set_index("metric")
     assert tab.loc["psnr_input", "Δ (B − A)"] == pytest.approx(tab.loc["psnr_input", "B"] - tab.loc["psnr_input", "A"])
+
+
+def test_preview_image_downsamples_and_scales_spacing():
+    import numpy as np
+
+    from analysis.image import Image
+    from ui.technique import PREVIEW_SIDE, preview_image
+
+    big = Image(np.arange(1536 * 1024, dtype=np.float32).reshape(1536, 1024), spacing=(0.2, 0.3), units="HU")
+    small, f = preview_image(big)
+    assert f == 4 and small.shape2d == (384, 256) and max(small.shape2d) <= PREVIEW_SIDE
+    assert small.spacing == pytest.approx((0.8, 1.2)) and small.digest != big.digest
+    assert float(small.grey()[0, 0]) == pytest.approx(float(big.grey()[:4, :4].mean()))
+    same, f1 = preview_image(Image(np.zeros((200, 300), np.float32)))
+    assert f1 == 1 and same.shape2d == (200, 300)

@@ -86,3 +86,31 @@ def test_dataset_wide_run_draws_the_chart(page, app_url, console_errors, wait_re
     assert_no_exception(page)
     shot(page, "enhancement_dataset_wide")
     assert not console_errors, console_errors
+
+
+def test_export_downloads_deidentified_dicom_and_png(page, app_url, console_errors, wait_ready, tmp_path):
+    import io
+
+    import numpy as np
+    import pydicom
+
+    from analysis.export import read_png16
+
+    open_page(page, app_url, "Enhancement")
+    page.get_by_role("tab", name="Export").click()
+    button = page.get_by_role("button", name="Image — de-identified DICOM")
+    button.wait_for(timeout=30_000)
+    with page.expect_download(timeout=60_000) as dl:
+        button.click()
+    ds = pydicom.dcmread(io.BytesIO(open(dl.value.path(), "rb").read()))
+    assert ds.PatientIdentityRemoved == "YES" and list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert str(ds.PatientName) == "" and ds.PatientID == ""
+    phys = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert phys.shape[0] >= 64 and np.isfinite(phys).all()
+    with page.expect_download(timeout=60_000) as dl:
+        page.get_by_role("button", name="Image — 16-bit PNG").click()
+    values, text = read_png16(open(dl.value.path(), "rb").read())
+    assert values.shape == phys.shape and "medlens:units" in text
+    np.testing.assert_allclose(values.min(), phys.min(), atol=float(ds.RescaleSlope) + 1e-3)
+    assert dl.value.suggested_filename == "medlens_enhancement.png"  # never the source file's name
+    assert not console_errors, console_errors
