@@ -274,6 +274,8 @@ def ingest_uploads(
     (:func:`analysis.sandbox.load_bytes_isolated`): a decoder crash or hang becomes an error
     row, never a crash of the server.
     """
+    import json
+
     from analysis import io, sandbox
     from analysis.store import save_image
 
@@ -286,8 +288,9 @@ def ingest_uploads(
     seen = {r["id"] for r in rows}
     for name, data in files:
         entry_errors: list[io.LoadError] = []
+        preview: list[dict] = []
         try:
-            images = sandbox.load_bytes_isolated(data, name, limits=limits, errors=entry_errors,
+            images = sandbox.load_bytes_isolated(data, name, limits=limits, errors=entry_errors, removal_preview=preview,
                                                  timeout=sandbox.timeout_for(len(data)))
         except io.LoadError as exc:
             errors.append({"file": exc.filename, "reason": exc.reason})
@@ -307,6 +310,8 @@ def ingest_uploads(
             rows.append({
                 "id": eid, "path": stored.name, "name": img.name, "format": img.source_format,
                 "modality": img.modality, "label": "", "role": "upload",
+                # what a DICOM export would remove (tags and actions only, never values): ui.privacy
+                "deid_preview": json.dumps(preview) if preview and len(images) == 1 else "",
             })
     df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=ENTRY_COLUMNS)
     return Dataset(name="uploads", root=store_dir, entries=_normalise(df), kind="upload", errors=errors)

@@ -200,12 +200,35 @@ def run_isolated(func: Callable[..., Any], *args: Any, name: str, timeout: float
     raise LoadError(name, "the decoder could not be started")  # pragma: no cover - pool failed twice to accept work
 
 
-def _load_worker(data: bytes, name: str, limits: Limits | None, want_errors: bool) -> tuple[list[Image], list[LoadError]]:
+def _load_worker(data: bytes, name: str, limits: Limits | None, want_errors: bool,
+                 want_preview: bool = False) -> tuple[list[Image], list[LoadError], list[dict] | None]:
     from analysis import io
 
     errors: list[LoadError] = []
     images = io.load_bytes(data, name, limits=limits, errors=errors if want_errors else None)
-    return images, errors
+    return images, errors, (_removal_preview(data) if want_preview and images else None)
+
+
+def _removal_preview(data: bytes) -> list[dict] | None:
+    """Rows of :func:`analysis.deid.preview_removal` (tags and actions, never values) for a
+    single DICOM file; ``None`` for anything else or an unreadable header."""
+    import io as _io
+    import warnings
+
+    from analysis import deid, io
+
+    if io.sniff_format(data) != "dicom" or data[:2] == b"\x1f\x8b":
+        return None
+    try:
+        import pydicom
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = bytes(128) + data if data[:4] == b"DICM" else data
+            ds = pydicom.dcmread(_io.BytesIO(raw), force=True, stop_before_pixels=True)
+            return deid.preview_removal(ds).to_dict("records")
+    except Exception:  # noqa: BLE001 - the preview is optional; the image loaded already
+        return None
 
 
 #: What :func:`load_bytes_isolated` runs in the worker (a module attribute so tests can
@@ -214,19 +237,25 @@ _TARGET: Callable[..., tuple[list[Image], list[LoadError]]] = _load_worker
 
 
 def load_bytes_isolated(data: bytes, name: str, *, timeout: float = DEFAULT_TIMEOUT, limits: Limits | None = None,
-                        errors: list[LoadError] | None = None) -> list[Image]:
+                        errors: list[LoadError] | None = None, removal_preview: list | None = None) -> list[Image]:
     """:func:`analysis.io.load_bytes` in a worker process (same result, same errors, plus
     ``LoadError(name, "…the decoder crashed…" / "…timed out…")``). ``errors``: as in
-    ``load_bytes`` (per-entry failures of a ZIP are appended instead of skipped)."""
-    images, errs = run_isolated(_TARGET, bytes(data), str(name), limits, errors is not None, name=str(name),
-                                timeout=timeout)
+    ``load_bytes`` (per-entry failures of a ZIP are appended instead of skipped).
+    ``removal_preview``: when a list is given and ``data`` is one DICOM file, the rows of
+    :func:`analysis.deid.preview_removal` (no values) are appended to it — the header is
+    parsed in the worker too, so the original bytes need not be kept for the preview."""
+    images, errs, preview = run_isolated(_TARGET, bytes(data), str(name), limits, errors is not None,
+                                         removal_preview is not None, name=str(name), timeout=timeout)
     if errors is not None:
         errors.extend(errs)
+    if removal_preview is not None and preview:
+        removal_preview.extend(preview)
     return images
 
 
 # ----------------------------------------------------------------------------- test stand-ins
-def _selftest_crash_on(data: bytes, name: str, limits: Limits | None, want_errors: bool):  # type: ignore[no-untyped-def]
+def _selftest_crash_on(data: bytes, name: str, limits: Limits | None, want_errors: bool,  # type: ignore[no-untyped-def]
+                       want_preview: bool = False):
     """Test stand-in for ``_TARGET``: a file whose name starts with ``crash`` kills the
     worker with SIGSEGV (as a native decoder bug would), ``hang`` sleeps forever, anything
     else loads normally. Only reachable by assigning ``_TARGET`` (tests do)."""
@@ -238,4 +267,4 @@ def _selftest_crash_on(data: bytes, name: str, limits: Limits | None, want_error
     if name.startswith("hang"):
         while True:
             time.sleep(1)
-    return _load_worker(data, name, limits, want_errors)
+    return _load_worker(data, name, limits, want_errors, want_preview)
