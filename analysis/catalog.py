@@ -1352,6 +1352,13 @@ def cross_counts(con: Any, col: str, by: str, flt: Filters | None = None, *, lim
                        f"GROUP BY 1, 2 ORDER BY n DESC LIMIT {int(limit) * 10}", params).df()
 
 
+def matrix_sizes(con: Any, flt: Filters | None = None, *, limit: int = 30) -> Any:
+    """Rows per matrix size (``rows×cols``)."""
+    where, params = (flt or Filters()).where()
+    return con.execute(f"SELECT coalesce(rows || '×' || cols, '{MISSING}') AS value, count(*) AS n FROM images "
+                       f"WHERE {where} GROUP BY 1 ORDER BY n DESC LIMIT {int(limit)}", params).df()
+
+
 def total(con: Any, flt: Filters | None = None) -> int:
     where, params = (flt or Filters()).where()
     return int(con.execute(f"SELECT count(*) FROM images WHERE {where}", params).fetchone()[0])
@@ -1457,7 +1464,7 @@ def failures(con: Any, roots: Sequence[str] | None = None, *, limit: int = 500) 
 
 
 def roots(con: Any) -> Any:
-    return con.execute("SELECT r.root_id, r.name, r.kind, r.complete, count(i.path) AS images, "
+    return con.execute("SELECT r.root_id, r.name, r.kind, r.complete, r.last_ingest, count(i.path) AS images, "
                        "count(*) FILTER (WHERE i.status = 'failed') AS failed FROM roots r "
                        "LEFT JOIN images i USING (root_id) GROUP BY ALL ORDER BY r.last_ingest DESC").df()
 
@@ -1736,24 +1743,26 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def duplicate_groups(df: Any, *, max_distance: int = 4, max_bucket: int = 2000) -> Any:
     """Exact duplicates (same content hash) and near duplicates (pHash and dHash both within
-    ``max_distance`` bits). Near pairs are found by banding (any pair within ≤ 7 bits shares
-    one of 8 exact 8-bit bands of the pHash), so the search is ~linear, not all pairs.
+    ``max_distance`` bits). Near pairs are found by banding: the 64 pHash bits are cut into
+    ``max_distance + 1`` bands, and two hashes within ``max_distance`` bits agree exactly on at
+    least one band (pigeonhole) — so only rows sharing a band value are compared, not all pairs.
+    Band buckets larger than ``max_bucket`` (thousands of near-identical images) are skipped.
 
-    Returns ``group, kind, root_id, path, distance`` (distance to the group's first member).
+    Returns ``group, kind, root_id, path, distance`` (pHash distance to the group's first member).
     """
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
     gid = 0
-    ok = df[df["content_hash"].notna()] if "content_hash" in df.columns else df.iloc[0:0]
-    exact_of: dict[int, int] = {}
-    for h, grp in ok.groupby("content_hash", sort=False):
-        if len(grp) < 2:
-            continue
-        gid += 1
-        for idx, r in grp.iterrows():
-            exact_of[idx] = gid
-            rows.append({"group": gid, "kind": "exact", "root_id": r["root_id"], "path": r["path"], "distance": 0})
+    exact_of: dict[Any, int] = {}
+    if "content_hash" in df.columns:
+        ch = df[df["content_hash"].notna()]
+        dup = ch[ch.duplicated("content_hash", keep=False)]
+        for _, grp in dup.groupby("content_hash", sort=False):
+            gid += 1
+            for idx, r in grp.iterrows():
+                exact_of[idx] = gid
+                rows.append({"group": gid, "kind": "exact", "root_id": r["root_id"], "path": r["path"], "distance": 0})
     ph = df[df["phash"].notna() & df["dhash"].notna()]
     if len(ph) >= 2:
         idx = ph.index.to_numpy()
@@ -1767,37 +1776,44 @@ def duplicate_groups(df: Any, *, max_distance: int = 4, max_bucket: int = 2000) 
                 i = parent[i]
             return i
 
-        band_bytes = p.view(np.uint8).reshape(-1, 8)
-        for b in range(8):
-            keys = band_bytes[:, b]
+        nb = max_distance + 1
+        edges = np.linspace(0, 64, nb + 1).astype(int)
+        pairs_i: list[np.ndarray] = []
+        pairs_j: list[np.ndarray] = []
+        for b in range(nb):
+            width = int(edges[b + 1] - edges[b])
+            keys = (p >> np.uint64(edges[b])) & np.uint64((1 << width) - 1)
             order = np.argsort(keys, kind="stable")
             ks = keys[order]
-            cuts = np.flatnonzero(np.diff(ks)) + 1
-            for members in np.split(order, cuts):
-                if len(members) < 2 or len(members) > max_bucket:
-                    continue
-                for i_pos in range(len(members)):
-                    i = members[i_pos]
-                    rest = members[i_pos + 1:]
-                    close = rest[(hamming(np.full(len(rest), p[i]), p[rest]) <= max_distance)
-                                 & (hamming(np.full(len(rest), d[i]), d[rest]) <= max_distance)]
-                    for j in close:
-                        ri, rj = find(i), find(int(j))
-                        if ri != rj:
-                            parent[rj] = ri
+            group = np.cumsum(np.r_[True, ks[1:] != ks[:-1]])
+            sizes = np.bincount(group)
+            big = sizes[group] > max_bucket  # skip huge buckets (documented limit)
+            for k in range(1, int(min(sizes.max(), max_bucket))):
+                same = (group[:-k] == group[k:]) & ~big[:-k]
+                if not same.any():
+                    break
+                i, j = order[:-k][same], order[k:][same]
+                close = (hamming(p[i], p[j]) <= max_distance) & (hamming(d[i], d[j]) <= max_distance)
+                pairs_i.append(i[close])
+                pairs_j.append(j[close])
+        for i, j in zip(np.concatenate(pairs_i or [np.zeros(0, int)]), np.concatenate(pairs_j or [np.zeros(0, int)])):
+            ri, rj = find(int(i)), find(int(j))
+            if ri != rj:
+                parent[rj] = ri
+        linked = np.flatnonzero(parent != np.arange(len(idx)))  # only rows that joined another
         comps: dict[int, list[int]] = {}
-        for i in range(len(idx)):
-            comps.setdefault(find(i), []).append(i)
-        for members in comps.values():
-            if len(members) < 2:
-                continue
+        for i in linked:
+            comps.setdefault(find(int(i)), []).append(int(i))
+        for root_, members in comps.items():
+            members = sorted([root_, *members])
             labels = {exact_of.get(idx[m]) for m in members}
             if len(labels) == 1 and None not in labels:
-                continue  # all members already one exact group
+                continue  # all members already form one exact group
             gid += 1
             first = members[0]
-            for m in members:
+            dist = hamming(np.full(len(members), p[first]), p[members])
+            for m, dd in zip(members, dist):
                 r = ph.loc[idx[m]]
                 rows.append({"group": gid, "kind": "near", "root_id": r["root_id"], "path": r["path"],
-                             "distance": int(hamming(np.array([p[first]]), np.array([p[m]]))[0])})
+                             "distance": int(dd)})
     return pd.DataFrame(rows, columns=["group", "kind", "root_id", "path", "distance"])

@@ -1,4 +1,3 @@
-from ui.common import header, not_built
+from ui.dataset_page import dataset_page
 
-header("Dataset")
-not_built("The Dataset page", "tracked in its own issue")
+dataset_page()
