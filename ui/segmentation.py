@@ -196,13 +196,13 @@ def _method_panel(image: Image) -> tuple[Operation, dict[str, Any], bool]:
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     preset = c1.selectbox("Preset", names, key=f"{T}.preset", help="Tested chains; see their accuracy in the README.")
     c2.button("Load", key=f"{T}.preset.load", on_click=_apply_preset, args=(preset,), width="stretch")
-    st.caption(safe_text(seg.PRESETS[preset]["description"], 300))
+    st.caption(_md(seg.PRESETS[preset]["description"]))
     fam = st.radio("Family", list(FAMILIES), key=f"{T}.family", horizontal=True)
     keys = [f"segmentation.{m}" for m in FAMILIES[fam]]
     titles = {k: registry.get(k).title.split("— ", 1)[-1] for k in keys}
     op_key = st.selectbox("Method", keys, format_func=titles.get, key=f"{T}.op.{fam}")
     op = registry.get(op_key)
-    st.caption(f"Intensity domain: {safe_text(op.domain, 400)}")
+    st.caption(f"Intensity domain: {_md(op.domain)}")
     if _seed_params(op):
         st.caption("Seed: click the image (or type row / column; −1 = centre).")
     heavy = op.slow or image.grey().size > 1_500_000
@@ -415,6 +415,11 @@ def _on_seed_click(chart_key: str, op_key: str) -> None:
         return
     st.session_state[widget_key(op_key, "row", T)] = int(round(float(p["y"])))
     st.session_state[widget_key(op_key, "col", T)] = int(round(float(p["x"])))
+
+
+def _md(s: str) -> str:
+    """Our own (trusted) text for Markdown: only escape the characters that would format."""
+    return "".join("\\" + ch if ch in "\\*_$`#[]<>|~" else ch for ch in str(s))
 
 
 def _fmt(v: Any) -> str:

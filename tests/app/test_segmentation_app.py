@@ -145,3 +145,19 @@ def test_edge_method_shows_response_and_no_post_processing():
     at.selectbox(key=f"{T}.op.Edges").set_value("segmentation.canny").run()
     _ok(at)
     assert _metric(at, "edge_px") > 0
+
+
+def test_dataset_wide_dice_by_class():
+    at = _page(_lesion_entry()["id"])
+    at.selectbox(key=f"{T}.preset").set_value(LESION_PRESET).run()
+    at.button(key=f"{T}.preset.load").click().run()
+    at.button(key=f"{T}.ds.go").click().run()
+    _ok(at)
+    metric_box = at.selectbox(key=f"{T}.ds.metric")
+    assert {"dice", "hausdorff_mm", "regions", "total_area_mm2"} <= set(metric_box.options)
+    metric_box.set_value("dice").run()
+    at.selectbox(key=f"{T}.ds.group").set_value("label").run()
+    _ok(at)
+    # worst cases are offered as buttons that open the image
+    worst = [b for b in at.button if str(b.key).startswith(f"{T}.ds.open.Worst")]
+    assert worst, "worst-case buttons missing"
