@@ -572,9 +572,10 @@ def _pipe_load(t: str) -> None:
 def pipeline_panel(t: str, op: Operation, params: dict[str, Any]) -> tuple[Pipeline, str]:
     """Add / remove / reorder steps, load / save a JSON preset; returns (pipeline, what to show)."""
     pipe: Pipeline = st.session_state.setdefault(_pipe_key(t), Pipeline())
+    st.button("➕ Add this operation to the pipeline", key=f"{t}.pipe.add", on_click=_pipe_add, args=(t, op.key, dict(params)),
+              width="stretch", help="Chain several operations; the pipeline is applied as one, saved as a JSON preset "
+              "and kept in the page's link.")
     with st.expander(f"Pipeline ({len(pipe)} step{'s' if len(pipe) != 1 else ''})", expanded=bool(len(pipe))):
-        st.button("➕ Add this operation as a step", key=f"{t}.pipe.add", on_click=_pipe_add, args=(t, op.key, dict(params)),
-                  width="stretch")
         for i, s in enumerate(pipe.steps):
             c0, c1, c2, c3 = st.columns([6, 1, 1, 1], vertical_alignment="center")
             c0.caption(f"{i + 1}. {safe_text(s.describe(), 200)}")
@@ -871,40 +872,45 @@ def technique_page(spec: TechniqueSpec) -> None:
             _show_metrics(nums)
             for note in result.notes:
                 st.caption(safe_text(note, 400))
-    names = ["Histograms & profile", "A/B", "Sweep grid", "Dataset-wide"] + (["Export"] if spec.exports else []) + list(spec.extra_tabs)
-    tabs = dict(zip(names, st.tabs(names)))
     page_state = {"entry": entry, "image": image, "op": op, "params": params, "result": result, "window": window,
                   "steps": steps, "run": run, "metrics": nums}
-    with tabs["Histograms & profile"]:
-        if result is not None and result.image is not None:
-            shown_img = result_to_display(result, run_img, window)[0]
-            c1, c2 = st.columns(2)
-            with c1:
-                log_y = st.toggle("log counts", value=True, key=f"{t}.hist.log")
-                st.plotly_chart(compare.histogram_figure([("before", run_img), ("after", shown_img)], log_y=log_y),
-                                width="stretch", key=f"{t}.hist")
-            with c2:
-                axis, index = compare.profile_controls(image.shape2d, f"{t}.profile")
-                st.plotly_chart(compare.profile_figure([("before", run_img), ("after", shown_img)], axis, index // factor),
-                                width="stretch", key=f"{t}.prof")
-        else:
+
+    def hist_profile(_: dict) -> None:
+        if result is None or result.image is None:
             st.caption("Histograms and profiles need an image output.")
-    with tabs["A/B"]:
-        ab_view(t, ops, run, tile_metrics, (op.key, params))
-    with tabs["Sweep grid"]:
+            return
+        shown_img = result_to_display(result, run_img, window)[0]
+        c1, c2 = st.columns(2)
+        with c1:
+            log_y = st.toggle("log counts", value=True, key=f"{t}.hist.log")
+            st.plotly_chart(compare.histogram_figure([("before", run_img), ("after", shown_img)], log_y=log_y),
+                            width="stretch", key=f"{t}.hist")
+        with c2:
+            axis, index = compare.profile_controls(image.shape2d, f"{t}.profile")
+            st.plotly_chart(compare.profile_figure([("before", run_img), ("after", shown_img)], axis, index // factor),
+                            width="stretch", key=f"{t}.prof")
+
+    def sweep(_: dict) -> None:
         st.caption(f"Sweeps **{safe_text(op.title)}** around the current settings"
                    + (f" on the {run_img.shape2d[0]}×{run_img.shape2d[1]} px preview" if factor > 1 else "") + ".")
         sweep_grid(run_img, op, params, tile_metrics, key=f"{t}.sweep", window=window, context=context, run=run,
                    apply_prefix=t)
-    with tabs["Dataset-wide"]:
-        dataset_wide(steps, spec.measure, key=f"{t}.ds", group_cols=spec.group_cols)
+
+    views: dict[str, Callable[[dict], None]] = {
+        "Histograms & profile": hist_profile,
+        "A/B": lambda _: ab_view(t, ops, run, tile_metrics, (op.key, params)),
+        "Sweep grid": sweep,
+        "Dataset-wide": lambda _: dataset_wide(steps, spec.measure, key=f"{t}.ds", group_cols=spec.group_cols),
+    }
     if spec.exports:
-        with tabs["Export"]:
-            if result is not None:
-                export_panel(t, run, steps, nums)
-    for name, fn in spec.extra_tabs.items():
-        with tabs[name]:
-            fn(page_state)
+        views["Export"] = lambda _: export_panel(t, run, steps, nums) if result is not None else None
+    views.update(spec.extra_tabs)
+    # lazy tabs: only the open tab's content runs (sweeps and dataset charts cost nothing until opened)
+    tabs = st.tabs(list(views), key=f"{t}.tab", on_change="rerun")
+    for tab, fn in zip(tabs, views.values()):
+        if tab.open:
+            with tab:
+                fn(page_state)
     if spec.result_view:
         spec.result_view(page_state)
     _write_url(op, params, pipe, show)

@@ -33,6 +33,13 @@ def _page(query: dict[str, str] | None = None) -> AppTest:
     return at
 
 
+def _open_tab(at: AppTest, label: str) -> None:
+    """Tabs are lazy (only the open one runs): open one the way a click does."""
+    at.session_state[f"{T}.tab"] = label
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+
+
 def _choose_op(at: AppTest, key: str) -> None:
     at.selectbox(key=f"{T}.op").set_value(key).run()
     assert not at.exception, [e.message for e in at.exception]
@@ -54,6 +61,7 @@ def test_changing_a_parameter_changes_result_metrics():
 def test_sweep_grid_builds_tiles_chart_and_marks_best():
     at = _page()
     _choose_op(at, "enhancement.clahe")
+    _open_tab(at, "Sweep grid")
     at.selectbox(key=f"{T}.sweep.p1").set_value("clip_limit").run()
     assert not at.exception, [e.message for e in at.exception]
     tables = [d.value for d in at.dataframe if "clip_limit" in d.value.columns and "error" in d.value.columns]
@@ -71,6 +79,7 @@ def test_sweep_grid_builds_tiles_chart_and_marks_best():
     assert len(use) == 5
     use[-1].click().run()
     assert not at.exception
+    assert not [d for d in at.dataframe if "Δ (B − A)" in d.value.columns]  # other tabs did not run
     widget = at.number_input(key=f"{T}.enhancement.clahe.clip_limit")
     assert math.isclose(widget.value, float(table["clip_limit"].iloc[-1]))
 
@@ -78,6 +87,7 @@ def test_sweep_grid_builds_tiles_chart_and_marks_best():
 def test_sweep_grid_failing_tile_shows_error_and_rest_render():
     at = _page()
     _choose_op(at, "enhancement.gamma")
+    _open_tab(at, "Sweep grid")
     at.selectbox(key=f"{T}.sweep.p1").set_value("gamma").run()
     at.number_input(key=f"{T}.sweep.r1.gamma.lo").set_value(0.01).run()  # below the allowed 0.1
     at.number_input(key=f"{T}.sweep.r1.gamma.hi").set_value(2.0).run()
@@ -130,6 +140,7 @@ def test_url_state_restores_operation_params_and_pipeline():
 
 def test_ab_view_shows_metric_deltas():
     at = _page()
+    _open_tab(at, "A/B")
     at.selectbox(key=f"{T}.abB.op").set_value("enhancement.gaussian").run()
     assert not at.exception
     tables = [d.value for d in at.dataframe if "Δ (B − A)" in d.value.columns]
