@@ -173,7 +173,7 @@ def _ingest_panel(source: Source) -> None:
         if source.root is None:
             st.warning("No working dataset: choose one on the **Home** page (sample, uploads or a server folder).")
         else:
-            st.caption(f"Working dataset: {safe_text(source.title)} → catalog `{safe_text(source.catalog.path.name)}`"
+            st.caption(f"Working dataset: {safe_text(source.title)} → catalog {safe_text(source.catalog.path.name)}"
                        + (" (private to this session)" if source.kind == "upload" else ""))
     with c2:
         if source.root is not None and not running:
