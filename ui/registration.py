@@ -124,25 +124,35 @@ def _u8(a: np.ndarray, window: tuple[float, float], invert: bool) -> np.ndarray:
     return display.downsample(display.window_to_uint8(np.asarray(a, np.float32), *window, invert=invert), VIEW_SIDE)
 
 
-def qa_views(fixed: Image, registered: np.ndarray, moving: Image, key: str, *, same_modality: bool = True) -> None:
-    """Checkerboard (adjustable tiles), magenta/green overlay, difference and fade."""
+def qa_images(fixed: Image, registered: np.ndarray, moving: Image, tile: int, alpha: float) -> dict[str, np.ndarray]:
+    """The four QA renderings (uint8, ≤ VIEW_SIDE px), each image in its own display window."""
     wf = display.default_window(fixed)
     wm = display.default_window(moving) if moving.window is not None else display.auto_window(registered)
     f8 = _u8(fixed.grey(), wf, fixed.invert)
     m8 = _u8(registered, wm, moving.invert)
     scale = max(fixed.shape2d) / max(f8.shape)
+    diff = R.difference(fixed.grey(), registered)
+    return {
+        "checkerboard": R.checkerboard(f8, m8, max(1, int(round(tile / scale)))),
+        "overlay": R.magenta_green(f8, m8),
+        "difference": display.downsample(R.difference_rgb(diff), VIEW_SIDE),
+        "fade": R.fade(f8, m8, alpha),
+    }
+
+
+def qa_views(fixed: Image, registered: np.ndarray, moving: Image, key: str, *, same_modality: bool = True) -> None:
+    """Checkerboard (adjustable tiles), magenta/green overlay, difference and fade."""
     c1, c2 = st.columns(2)
     tile = c1.slider("Checkerboard tile (px)", 4, 128, 32, step=4, key=f"{key}.tile")
     alpha = c2.slider("Fade: fixed → registered moving", 0.0, 1.0, 0.5, step=0.05, key=f"{key}.fade")
+    views = qa_images(fixed, registered, moving, tile, alpha)
     a, b = st.columns(2)
-    a.image(R.checkerboard(f8, m8, max(1, int(round(tile / scale)))), caption=f"Checkerboard ({tile} px tiles)", width="stretch")
-    b.image(R.magenta_green(f8, m8), caption="Overlay: fixed magenta, moving green (aligned → grey)", width="stretch")
+    a.image(views["checkerboard"], caption=f"Checkerboard ({tile} px tiles)", width="stretch")
+    b.image(views["overlay"], caption="Overlay: fixed magenta, moving green (aligned → grey)", width="stretch")
     c, d = st.columns(2)
-    diff = R.difference(fixed.grey(), registered)
     note = "" if same_modality else " — different modalities: read with care"
-    c.image(display.downsample(R.difference_rgb(diff), VIEW_SIDE),
-            caption=f"Difference fixed − moving ({fixed.units}; blue < 0 < red){note}", width="stretch")
-    d.image(R.fade(f8, m8, alpha), caption=f"Fade α = {alpha:.2f}", width="stretch")
+    c.image(views["difference"], caption=f"Difference fixed − moving ({fixed.units}; blue < 0 < red){note}", width="stretch")
+    d.image(views["fade"], caption=f"Fade α = {alpha:.2f}", width="stretch")
 
 
 # ----------------------------------------------------------------------------- figures

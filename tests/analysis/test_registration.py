@@ -191,7 +191,8 @@ def test_flip_detection_finds_the_reflection(head, which):
     T = F @ R.make_transform(theta_deg=5.0, tx=3.0, center=R.center_of(img.shape))
     moving = R.simulate_moving(img, T)
     res = registry.run("registration.flip", img, {}, moving=moving)
-    assert res.extras["flip"] == which
+    # a row mirror equals a column mirror followed by 180°: any reflection that fits is right
+    assert res.extras["flip"] in ("columns", "rows") and np.linalg.det(res.extras["T"][:2, :2]) < 0
     assert _median_tre(res.extras["T"], T, img.shape) < 0.5
 
 
@@ -377,7 +378,12 @@ def test_sample_registration_pairs_by_kind(sample_items):
     reg = [it for it in sample_items if it["role"] == "registration"]
     rigid = _run([it for it in reg if it["label"] == "rigid"], "registration.intensity")
     assert (rigid["tre_median_px"] < 0.5).all()
-    flips = _run([it for it in reg if it["label"] == "flip"], "registration.flip")
-    assert (flips["tre_median_px"] < 0.5).all()
+    flip_items = [it for it in reg if it["label"] == "flip"]
+    flips = _run(flip_items, "registration.flip")
+    assert (flips["ncc_after"] > 0.999).all()
+    # the MNI template is left-right symmetric, so its mirror is unidentifiable from the pixels
+    # (identity fits as well: NCC 1); the asymmetric sources must give the stored reflection
+    asym = np.array(["mni" not in it["id"] for it in flip_items])
+    assert asym.sum() >= 2 and (flips.loc[asym, "tre_median_px"] < 0.5).all()
     sim = _run([it for it in reg if it["label"] == "similarity"], "registration.fourier_mellin")
     assert (sim["tre_median_px"] < 1.0).all()
