@@ -7,6 +7,7 @@ module is widgets, caching and Plotly views. Session keys start with ``rec.``.
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
@@ -381,8 +382,9 @@ def curve_figures(y: np.ndarray, cv: C.CVResult) -> tuple[go.Figure, go.Figure]:
     roc, pr = go.Figure(), go.Figure()
     roc.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"), showlegend=False))
     items = list(curves.items())
-    if len(cv.classes) == 2 and items:  # both one-vs-rest curves of a binary problem carry the same information
-        items = items[-1:]
+    if len(cv.classes) == 2 and len(items) == 2:  # both one-vs-rest curves of a binary problem carry the same information:
+        bg = C.guess_background(cv.classes)  # show the positive (non-background) class
+        items = [it for it in items if it[0] != bg] or items[-1:]
     for i, (c, d) in enumerate(items):
         col = _colour(cv.classes.index(c))
         roc.add_trace(go.Scatter(x=d["fpr"], y=d["tpr"], mode="lines", name=f"{c} (AUC {d['auc']:.3f})", line=dict(color=col)))
@@ -598,7 +600,7 @@ def annotation_figure(image: Image, window: tuple[float, float], amap: dict[str,
             if top is None or c[k, 0] < top[0]:
                 top = (c[k, 0], c[k, 1])
         if top is not None:
-            fig.add_annotation(x=top[1], y=top[0], text=safe_text(structure_label, 80), showarrow=True, arrowcolor="#00e5ff",
+            fig.add_annotation(x=top[1], y=top[0], text=html.escape(plain_name(structure_label, 80)), showarrow=True, arrowcolor="#00e5ff",
                                ax=0, ay=-30, font=dict(color="#00e5ff", size=13), bgcolor="rgba(0,0,0,0.6)")
     return fig
 
