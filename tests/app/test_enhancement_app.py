@@ -162,3 +162,19 @@ def test_preview_image_downsamples_and_scales_spacing():
     assert float(small.grey()[0, 0]) == pytest.approx(float(big.grey()[:4, :4].mean()))
     same, f1 = preview_image(Image(np.zeros((200, 300), np.float32)))
     assert f1 == 1 and same.shape2d == (200, 300)
+
+
+def test_two_parameter_sweep_builds_a_grid_and_heatmap():
+    at = _page()
+    _choose_op(at, "enhancement.unsharp")
+    _open_tab(at, "Sweep grid")
+    at.selectbox(key=f"{T}.sweep.p1").set_value("radius").run()
+    at.selectbox(key=f"{T}.sweep.p2").set_value("amount").run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = [d.value for d in at.dataframe if {"radius", "amount", "error"} <= set(d.value.columns)][0]
+    assert len(table) == 5 * 3 and table["radius"].nunique() == 5 and table["amount"].nunique() == 3
+    # amount 0 is the identity whatever the radius: PSNR vs input is infinite there
+    assert (table.loc[table["amount"] == 0.0, "psnr_input"] == float("inf")).all()
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any('"heatmap"' in s and '"best"' in s for s in specs), "metric heatmap with the best cell marked"
+    assert len([c for c in at.caption if c.value.startswith("★ best")]) == 1
