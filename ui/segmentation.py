@@ -458,6 +458,8 @@ def regions_tab(run: SegRun) -> None:
     area_col = "area_mm2" if unit == "mm" else "area_px2"
     st.caption(f"{len(table)} regions · areas and lengths in {unit}{'²' if unit == 'mm' else ''} from the pixel spacing · "
                f"intensities in {safe_text(run.image.units)} · select a row to highlight the region on the image.")
+    if table.attrs.get("note"):
+        st.caption(safe_text(table.attrs["note"], 300))
     c1, c2 = st.columns([3, 2])
     with c1:
         st.dataframe(_display_table(table, run.image.units), hide_index=True, width="stretch", on_select="rerun",

@@ -161,3 +161,33 @@ def test_dataset_measure_with_ground_truth(tmp_path):
     no_gt = sm.dataset_measure(np.zeros((40, 40)), Result(mask=pred), {"id": "e2", "path": "x"}, image)
     assert "dice" not in no_gt and no_gt["regions"] == 1
     assert isinstance(pd.DataFrame([out]), pd.DataFrame)
+
+
+def test_region_table_matches_skimage_regionprops():
+    from skimage.measure import regionprops_table
+    from skimage.segmentation import slic
+
+    rng = np.random.default_rng(5)
+    lab = slic(rng.random((80, 90)), n_segments=40, compactness=0.5, channel_axis=None, start_label=1)
+    lab[lab % 7 == 0] = 0  # some background
+    inten = rng.normal(40, 10, lab.shape)
+    sp = (0.6, 1.3)
+    mine = sm.region_table(lab, inten, sp)
+    ref = regionprops_table(lab, inten, properties=("label", "area", "eccentricity", "solidity", "centroid",
+                                                     "intensity_mean", "intensity_min", "intensity_max"), spacing=sp)
+    np.testing.assert_array_equal(mine["label"], ref["label"])
+    np.testing.assert_allclose(mine["area_mm2"], ref["area"])
+    np.testing.assert_allclose(mine["eccentricity"], ref["eccentricity"], atol=1e-9)
+    np.testing.assert_allclose(mine["solidity"], ref["solidity"])
+    np.testing.assert_allclose(mine["centroid_row"], ref["centroid-0"] / sp[0])
+    np.testing.assert_allclose(mine["centroid_col"], ref["centroid-1"] / sp[1])
+    for k in ("intensity_mean", "intensity_min", "intensity_max"):
+        np.testing.assert_allclose(mine[k], ref[k])
+
+
+def test_region_table_skips_details_beyond_the_limit():
+    lab = np.arange(1, 101).reshape(10, 10)
+    t = sm.region_table(lab, detail_limit=50)
+    assert len(t) == 100 and t["perimeter_px"].isna().all() and t["solidity"].isna().all()
+    assert "100 regions" in t.attrs["note"]
+    assert t["area_px2"].eq(1).all()
