@@ -40,8 +40,6 @@ def _image() -> Image:
 def _bare_cases(a: np.ndarray) -> dict[str, tuple[str, dict, Callable[[], object]]]:
     from skimage import exposure, filters, morphology, restoration
 
-    lo, hi = float(a.min()), float(a.max())
-
     def in_hu(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[], np.ndarray]:
         # scikit-image's [0, 1] functions on HU data need this range, rescale and map-back anyway
         def call() -> np.ndarray:
@@ -63,7 +61,7 @@ def _bare_cases(a: np.ndarray) -> dict[str, tuple[str, dict, Callable[[], object
         "gamma 0.7": ("enhancement.gamma", {"gamma": 0.7}, in_hu(lambda u: exposure.adjust_gamma(u, 0.7))),
         "log": ("enhancement.log", {"gain": 10.0}, in_hu(lambda u: exposure.adjust_log(u))),
         "stretch 1–99 %": ("enhancement.stretch", {}, lambda: exposure.rescale_intensity(
-            a, in_range=tuple(np.percentile(a, [1, 99])), out_range=(lo, hi))),
+            a, in_range=tuple(np.percentile(a, [1, 99])), out_range=(float(a.min()), float(a.max())))),
         "Laplacian": ("enhancement.laplacian", {"strength": 0.5}, lambda: a - 0.5 * filters.laplace(a, ksize=3)),
         "median 3": ("enhancement.median", {"size": 3}, lambda: filters.median(a, footprint=np.ones((3, 3), bool))),
         "bilateral": ("enhancement.bilateral", {"sigma_spatial": 3.0, "sigma_range": 0.1},
