@@ -161,3 +161,48 @@ def test_dataset_wide_dice_by_class():
     # worst cases are offered as buttons that open the image
     worst = [b for b in at.button if str(b.key).startswith(f"{T}.ds.open.Worst")]
     assert worst, "worst-case buttons missing"
+
+
+@pytest.mark.parametrize("entry_id", ["real_skimage_retina", "real_ct_small_png16", "real_mni_t1_2mm_volume",
+                                      "real_pydicom_examples_ybr_color"])
+def test_page_handles_colour_unknown_spacing_and_volumes(entry_id):
+    ds = load_sample()
+    if entry_id not in set(ds.entries["id"]):
+        pytest.skip(f"{entry_id} not in this sample set")
+    at = _page(entry_id)
+    # default method (manual band) gives an area; without spacing it is in px²
+    labels = [m.label for m in at.metric]
+    entry = ds.entry(entry_id)
+    img = load_entry(entry)
+    assert ("area_mm2" in labels) == (img.spacing is not None) and ("area_px2" in labels) == (img.spacing is None)
+
+
+def test_seed_on_a_preview_is_scaled_back_to_full_resolution():
+    ds = load_sample()
+    big = ds.entries[ds.entries["id"] == "real_pydicom_693_J2KI"]
+    if big.empty:
+        pytest.skip("no 512² CT in this sample set")
+    at = _page("real_pydicom_693_J2KI")
+    at.radio(key=f"{T}.family").set_value("Regions").run()
+    at.selectbox(key=f"{T}.op.Regions").set_value("segmentation.morph_gac").run()
+    _ok(at)
+    assert at.toggle(key=f"{T}.preview.segmentation.morph_gac").value is True
+    assert any("preview" in c.value for c in at.caption)
+    # the seed marker is drawn at the full-resolution seed (centre of 512²) on the full-size figure
+    import json
+
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    seed = [t for t in spec["data"] if t.get("name") == "seed"]
+    assert seed and seed[0]["x"] == [256] and seed[0]["y"] == [256]
+
+
+def test_preview_helpers_map_seeds_and_masks_between_grids():
+    from analysis import registry
+    from ui.segmentation import _enlarge, _scaled
+
+    op = registry.get("segmentation.region_growing")
+    assert _scaled(op, {"row": 301, "col": -1, "tolerance": 5.0}, 2) == {"row": 150, "col": -1, "tolerance": 5.0}
+    small = np.zeros((3, 4), bool)
+    small[1, 2] = True
+    big = _enlarge(small, 2, (5, 7))
+    assert big.shape == (5, 7) and big[2:4, 4:6].all() and big.sum() == 4
