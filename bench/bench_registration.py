@@ -100,7 +100,7 @@ def main() -> None:
 
     T = R.manual_transform(f.shape, fixed.spacing, ty=-7.0, tx=4.5, theta_deg=1.5, scale=1.0)
     params = {"ty": -7.0, "tx": 4.5, "theta_deg": 1.5, "scale": 1.0, "flip_rows": False, "flip_cols": False}
-    reg, _ = U.manual_metrics(fixed.grey(), mg, T)
+    reg, _, _ = U.manual_metrics(fixed.grey(), mg, T)
     vals = np.linspace(-20, 20, 41)
     t = interleaved({
         "page": lambda: U.manual_metrics(fixed.grey(), mg, T),

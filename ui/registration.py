@@ -75,10 +75,11 @@ def run_method(fixed: Image, moving_grid: np.ndarray, moving_digest: str, key: s
     return memo(("run", fixed.digest, moving_digest, key, json.dumps(params, sort_keys=True, default=str)), make)
 
 
-def manual_metrics(fixed: np.ndarray, moving_grid: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-    """Registered image and MSE/NCC/NMI over the overlap for a manual transform."""
+def manual_metrics(fixed: np.ndarray, moving_grid: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+    """Registered image, MSE/NCC/NMI over the overlap, and the overlap mask, for a manual transform."""
     reg = R.warp(moving_grid, T, output_shape=fixed.shape, cval=float(np.nanmin(moving_grid)))
-    return reg, R.similarity(fixed, reg, R.overlap_mask(fixed.shape, moving_grid.shape, T))
+    inside = R.overlap_mask(fixed.shape, moving_grid.shape, T)
+    return reg, R.similarity(fixed, reg, inside), inside
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -124,14 +125,18 @@ def _u8(a: np.ndarray, window: tuple[float, float], invert: bool) -> np.ndarray:
     return display.downsample(display.window_to_uint8(np.asarray(a, np.float32), *window, invert=invert), VIEW_SIDE)
 
 
-def qa_images(fixed: Image, registered: np.ndarray, moving: Image, tile: int, alpha: float) -> dict[str, np.ndarray]:
-    """The four QA renderings (uint8, ≤ VIEW_SIDE px), each image in its own display window."""
+def qa_images(fixed: Image, registered: np.ndarray, moving: Image, tile: int, alpha: float,
+              overlap: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The four QA renderings (uint8, ≤ VIEW_SIDE px), each image in its own display window;
+    the difference is zero (white) where the moving image does not reach (``overlap``)."""
     wf = display.default_window(fixed)
     wm = display.default_window(moving) if moving.window is not None else display.auto_window(registered)
     f8 = _u8(fixed.grey(), wf, fixed.invert)
     m8 = _u8(registered, wm, moving.invert)
     scale = max(fixed.shape2d) / max(f8.shape)
     diff = R.difference(fixed.grey(), registered)
+    if overlap is not None:
+        diff[~np.asarray(overlap, bool)] = 0.0
     return {
         "checkerboard": R.checkerboard(f8, m8, max(1, int(round(tile / scale)))),
         "overlay": R.magenta_green(f8, m8),
@@ -140,12 +145,13 @@ def qa_images(fixed: Image, registered: np.ndarray, moving: Image, tile: int, al
     }
 
 
-def qa_views(fixed: Image, registered: np.ndarray, moving: Image, key: str, *, same_modality: bool = True) -> None:
+def qa_views(fixed: Image, registered: np.ndarray, moving: Image, key: str, *, same_modality: bool = True,
+             overlap: np.ndarray | None = None) -> None:
     """Checkerboard (adjustable tiles), magenta/green overlay, difference and fade."""
     c1, c2 = st.columns(2)
     tile = c1.slider("Checkerboard tile (px)", 4, 128, 32, step=4, key=f"{key}.tile")
     alpha = c2.slider("Fade: fixed → registered moving", 0.0, 1.0, 0.5, step=0.05, key=f"{key}.fade")
-    views = qa_images(fixed, registered, moving, tile, alpha)
+    views = qa_images(fixed, registered, moving, tile, alpha, overlap)
     a, b = st.columns(2)
     a.image(views["checkerboard"], caption=f"Checkerboard ({tile} px tiles)", width="stretch")
     b.image(views["overlay"], caption="Overlay: fixed magenta, moving green (aligned → grey)", width="stretch")
@@ -240,7 +246,7 @@ def manual_tab(fixed: Image, moving: Image, mov: np.ndarray, truth: np.ndarray |
             st.caption(f"Shift = {ty * fixed.spacing[0]:.2f} mm (rows), {tx * fixed.spacing[1]:.2f} mm (columns); θ is a physical angle.")
     params = {"ty": ty, "tx": tx, "theta_deg": th, "scale": sc, "flip_rows": flip_r, "flip_cols": flip_c}
     T = R.manual_transform(fixed.shape2d, fixed.spacing, **params)
-    reg, now = manual_metrics(fixed.grey(), mov, T)
+    reg, now, inside = manual_metrics(fixed.grey(), mov, T)
     before = memo(("sim0", fixed.digest, moving.digest), lambda: R.similarity(fixed.grey(), mov))
     with right:
         metric_cards(before, now)
@@ -263,7 +269,7 @@ def manual_tab(fixed: Image, moving: Image, mov: np.ndarray, truth: np.ndarray |
         st.plotly_chart(landscape_figure(vals, costs, cur, true_val, R.MANUAL_PARAMS[vary][0], metric), width="stretch", key=f"{P}.man.land")
         st.caption("Computed on a ≤128 px pyramid level around the current point; a sharp single minimum means the "
                    "metric pins this parameter down, a flat or multi-modal curve means it is ambiguous.")
-    qa_views(fixed, reg, moving, f"{P}.man.qa", same_modality=same)
+    qa_views(fixed, reg, moving, f"{P}.man.qa", same_modality=same, overlap=inside)
     with st.expander("Transform and exports"):
         st.code(_matrix_text(T), language=None)
         st.dataframe(transform_table(T, fixed.shape2d, fixed.spacing), hide_index=True, width="stretch")
@@ -341,7 +347,7 @@ def automatic_tab(fixed: Image, moving: Image, mov: np.ndarray, truth: np.ndarra
     if trace:
         st.plotly_chart(px.line(y=trace, labels={"x": "iteration", "y": "metric (lower is better)"}, height=220,
                                 title="Optimiser trace (all pyramid levels)"), width="stretch", key=f"{P}.auto.trace")
-    qa_views(fixed, registered, moving, f"{P}.auto.qa", same_modality=same)
+    qa_views(fixed, registered, moving, f"{P}.auto.qa", same_modality=same, overlap=res.extras.get("overlap"))
     with st.expander("Exports"):
         exports(fixed, registered, R.grid_transform(fixed.shape2d, fixed.spacing, moving.shape2d, moving.spacing) @ T, field,
                 moving, op.key, params, f"{P}.auto.exp")
@@ -419,7 +425,7 @@ def known_tab() -> None:
                                    "estimated": [b["ty_px"], b["tx_px"], b["theta_deg"], b["scale"], b["flip"]]}).round(4),
                      hide_index=True, key=f"{P}.kt.table")
     mv_img = img.with_pixels(moving.astype(np.float32), tag="known-moving")
-    qa_views(img, np.asarray(res.image, np.float64), mv_img, f"{P}.kt.qa")
+    qa_views(img, np.asarray(res.image, np.float64), mv_img, f"{P}.kt.qa", overlap=res.extras.get("overlap"))
 
 
 def dataset_tab() -> None:
