@@ -172,6 +172,21 @@ MODELS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "random_forest"
 
 
+def _quiet_single_thread() -> Any:
+    """Context for fits and predictions: warnings silenced and native thread pools (OpenMP,
+    BLAS) limited to one thread. On 2 cores shared with the batch pool and the server, the
+    OpenMP threads of HistGradientBoosting made a 168-sample fit ~50× slower (9.8 s vs 0.2 s)."""
+    from contextlib import ExitStack
+
+    from threadpoolctl import threadpool_limits
+
+    stack = ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(threadpool_limits(limits=1))
+    return stack
+
+
 def make_pipeline(model: str = DEFAULT_MODEL, params: dict[str, Any] | None = None, *, seed: int = 0) -> Any:
     """``Pipeline([impute (median), scale (standard), model])`` from a model key and parameters."""
     from sklearn.impute import SimpleImputer
@@ -426,10 +441,9 @@ def cross_validate(
         progress(0, len(splits))
     for k, (tr, te) in enumerate(splits):
         pipe = make_pipeline(model, params, seed=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_single_thread():
             pipe.fit(X[tr], y[tr])
-        p = _proba_full(pipe, X[te], classes)
+            p = _proba_full(pipe, X[te], classes)
         proba[te] = p
         rows.append({"fold": k + 1, "n_train": len(tr), "n_test": len(te), **_fold_metrics(y[te], p, classes)})
         if progress:
@@ -486,8 +500,7 @@ def permutation_importance_cv(
     per_fold = []
     for k, (tr, te) in enumerate(splits):
         pipe = make_pipeline(model, params, seed=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_single_thread():
             pipe.fit(X[tr], y[tr])
             r = permutation_importance(pipe, X[te], y[te], scoring="balanced_accuracy", n_repeats=n_repeats,
                                        random_state=seed, n_jobs=1)
@@ -536,7 +549,8 @@ class TrainedModel:
 
     def proba(self, table: pd.DataFrame | np.ndarray) -> np.ndarray:
         X = _align(table, self.features)
-        return _proba_full(self.pipeline, X, np.asarray(self.classes))
+        with _quiet_single_thread():
+            return _proba_full(self.pipeline, X, np.asarray(self.classes))
 
 
 def _align(table: pd.DataFrame | np.ndarray, features: Sequence[str]) -> np.ndarray:
@@ -568,8 +582,7 @@ def train(
     X = _align(table, features)
     y = table[label_col].astype(str).to_numpy()
     pipe = make_pipeline(model, params, seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_single_thread():
         pipe.fit(X, y)
     cv_info: dict[str, Any] = {}
     if cv is not None:

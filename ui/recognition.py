@@ -634,7 +634,7 @@ def patch_model_section(dataset: Dataset, tm_image: C.TrainedModel) -> C.Trained
             r["_label"] = str(lab)
             recs.append(r)
         task = CallTask(C.entry_patches, tuple(sorted({"background": bg, "settings": ps.as_kwargs(), "patch": int(patch),
-                                                       "stride": max(4, int(patch) // 2), "max_patches": 24}.items())))
+                                                       "stride": max(4, int(patch) // 2), "max_patches": 16}.items())))
         res = data.run_over_dataset(task, dataset, task_key=key, label="Sampling labelled windows", records=recs)
         frames = []
         for _, row in res.iterrows():
