@@ -156,3 +156,49 @@ def test_model_round_trips_and_tampered_file_is_refused(trained, tmp_path):
     at.file_uploader(key="rec.model_upload").set_value(("junk.skops", b"\x80\x04junk", "application/octet-stream")).run()
     _ok(at)
     assert "pickle" in " ".join(e.value for e in at.error)
+
+
+def test_bin_width_advisor_and_glcm_sensitivity(trained):
+    at = trained
+    df = at.session_state["rec.features"]["df"]
+    shown = at.dataframe
+    lo, hi = df["_range_min"].to_numpy(float), df["_range_max"].to_numpy(float)
+    widths = sorted(float(x) for x in at.text_input(key="rec.bw_list").value.split(","))
+    expected = F.bin_advice(lo, hi, widths)
+    assert any(len(d.value) == len(widths) and np.allclose(d.value["bins_median"], expected["bins_median"]) for d in shown
+               if "bins_median" in getattr(d.value, "columns", []))
+    at.button(key="rec.sens_go").click().run()
+    _ok(at)
+    sens = at.session_state["rec.sensitivity"]["df"]
+    assert set(sens["bin_width"]) == set(widths) and set(sens["feature"]) == set(F.GLCM_PROPS)
+    finest = sens[sens["bin_width"] == min(widths)]
+    assert (finest["median_rel_change"] == 0).all()  # the reference width does not move
+    assert "rank correlation" in json.dumps(_spec(at, "rec.sens_fig")["layout"])
+
+
+def test_labels_from_an_uploaded_csv(trained):
+    at = trained
+    df = at.session_state["rec.features"]["df"]
+    rows = ["file,label"] + [f"{n},{'A' if k % 3 else 'B'}" for k, n in enumerate(df["name"].head(60))]
+    at.radio(key="rec.label_src").set_value("CSV (file → label)").run()
+    at.file_uploader(key="rec.label_csv").set_value(("labels.csv", "\n".join(rows).encode(), "text/csv")).run()
+    _ok(at)
+    assert any("60 of 168 images matched" in c.value for c in at.caption)
+    assert any("Classes: A (40), B (20)" in c.value.replace("\\", "") and "108 unlabelled" in c.value for c in at.caption)
+    at.radio(key="rec.label_src").set_value("dataset label column").run()
+    _ok(at)
+
+
+def test_permutation_importance_and_tsne(trained):
+    at = trained
+    at.slider(key="rec.imp_reps").set_value(1).run()
+    at.button(key="rec.imp_go").click().run()
+    _ok(at)
+    imp = at.session_state["rec.importance"]["df"]
+    got = at.session_state["rec.cv"]
+    assert list(imp["feature"].sort_values()) == sorted(got["features"])
+    assert imp["importance_mean"].iloc[0] == imp["importance_mean"].max() > 0  # something matters
+    at.radio(key="rec.proj_method").set_value("tsne").run()
+    _ok(at)
+    spec = _spec(at, "rec.proj")
+    assert "t-SNE 1" in json.dumps(spec["layout"]["xaxis"])
