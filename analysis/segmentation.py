@@ -363,16 +363,10 @@ def _zero_crossings(resp: np.ndarray, threshold: float) -> np.ndarray:
     """Pixels where ``resp`` changes sign towards the right or lower neighbour with a jump
     larger than ``threshold``; the pixel on the positive side of the crossing is marked."""
     z = np.zeros(resp.shape, bool)
-    for axis in (0, 1):
-        a = resp
-        b = np.roll(resp, -1, axis=axis)
-        cross = (np.sign(a) * np.sign(b) < 0) & (np.abs(a - b) > threshold)
-        if axis == 0:
-            cross[-1, :] = False
-        else:
-            cross[:, -1] = False
-        z |= cross & (a > 0)
-        z |= np.roll(cross & (b > 0), 1, axis=axis)
+    for a, b, za, zb in ((resp[:-1], resp[1:], z[:-1], z[1:]), (resp[:, :-1], resp[:, 1:], z[:, :-1], z[:, 1:])):
+        cross = (a * b < 0) & (np.abs(a - b) > threshold)
+        za |= cross & (a > 0)
+        zb |= cross & (b > 0)
     return z
 
 
