@@ -59,8 +59,9 @@ def box_shape(box: Sequence[int], colour: str, name: str) -> dict[str, Any]:
 
 
 def linked_figure(panels: Sequence[Panel], *, height: int = 420, max_side: int | None = None,
-                  uirevision: str | None = None, shapes: Sequence[dict] = ()) -> go.Figure:
-    """Side-by-side panels with matched x/y axes (linked pan and zoom)."""
+                  uirevision: str | None = None, shapes: Sequence[dict] = (), selectable: bool = False) -> go.Figure:
+    """Side-by-side panels with matched x/y axes (linked pan and zoom). ``selectable`` adds
+    invisible corner markers so Plotly offers its box-select tool (heatmaps alone get none)."""
     n = len(panels)
     if max_side is None:
         max_side = 512 if n <= 2 else 384
@@ -97,6 +98,9 @@ def linked_figure(panels: Sequence[Panel], *, height: int = 420, max_side: int |
                                          hoverinfo="skip"), 1, i)
         for s in shapes:
             fig.add_shape(**{k: v for k, v in s.items() if k != "name"}, row=1, col=i)
+        if selectable and not img.is_rgb:
+            fig.add_trace(go.Scatter(x=[0, nn - 1], y=[0, m - 1], mode="markers", marker=dict(opacity=0, size=1),
+                                     hoverinfo="skip", showlegend=False, name="select"), 1, i)
     ratio = sp[0] / sp[1] if ref.spacing else 1.0
     fig.update_yaxes(autorange="reversed", showgrid=False, zeroline=False, constrain="domain", matches="y")
     fig.update_yaxes(scaleanchor="x", scaleratio=ratio, row=1, col=1)

@@ -572,7 +572,7 @@ def _pipe_load(t: str) -> None:
 def pipeline_panel(t: str, op: Operation, params: dict[str, Any]) -> tuple[Pipeline, str]:
     """Add / remove / reorder steps, load / save a JSON preset; returns (pipeline, what to show)."""
     pipe: Pipeline = st.session_state.setdefault(_pipe_key(t), Pipeline())
-    st.button("➕ Add this operation to the pipeline", key=f"{t}.pipe.add", on_click=_pipe_add, args=(t, op.key, dict(params)),
+    st.button("+ Add this operation to the pipeline", key=f"{t}.pipe.add", on_click=_pipe_add, args=(t, op.key, dict(params)),
               width="stretch", help="Chain several operations; the pipeline is applied as one, saved as a JSON preset "
               "and kept in the page's link.")
     with st.expander(f"Pipeline ({len(pipe)} step{'s' if len(pipe) != 1 else ''})", expanded=bool(len(pipe))):
@@ -859,7 +859,8 @@ def technique_page(spec: TechniqueSpec) -> None:
             if pa and pi is not None:
                 shapes.append(compare.profile_shape(image.shape2d, pa, int(pi) // factor))
             chart_key = f"{t}.compare"
-            fig = compare.linked_figure(panels, height=420, uirevision=f"{t}{image.digest[:12]}{factor}", shapes=shapes)
+            fig = compare.linked_figure(panels, height=420, uirevision=f"{t}{image.digest[:12]}{factor}", shapes=shapes,
+                                        selectable=spec.cnr_boxes)
             kw: dict[str, Any] = {}
             if spec.cnr_boxes:
                 kw = dict(on_select=lambda: _on_box_select(t, chart_key, run_img.shape2d, factor, image.digest),

@@ -114,3 +114,32 @@ def test_export_downloads_deidentified_dicom_and_png(page, app_url, console_erro
     np.testing.assert_allclose(values.min(), phys.min(), atol=float(ds.RescaleSlope) + 1e-3)
     assert dl.value.suggested_filename == "medlens_enhancement.png"  # never the source file's name
     assert not console_errors, console_errors
+
+
+def test_box_select_sets_the_cnr_roi(page, app_url, console_errors, wait_ready, shot):
+    open_page(page, app_url, "Enhancement")
+    page.wait_for_selector('.js-plotly-plot', timeout=60_000)
+    page.get_by_text("CNR region (ROI and background boxes, px)").click()
+    page.wait_for_timeout(300)
+    roi = page.locator('[data-testid="stNumberInput"]', has_text="r0").first.locator("input")
+    before_r0 = roi.input_value()
+    cnr_before = page.locator('[data-testid="stMetric"]', has_text="cnr").first.inner_text()
+    plot = page.locator('.js-plotly-plot').first
+    plot.hover()
+    plot.locator('.modebar-btn[data-title="Box Select"]').first.click()
+    box = plot.locator('.nsewdrag').first.bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + 60, y0 + 40, steps=8)
+    page.mouse.up()
+    page.wait_for_function("(v) => { const i = [...document.querySelectorAll('[data-testid=\"stNumberInput\"]')]"
+                           ".find(e => e.innerText.includes('r0')); return i && i.querySelector('input').value !== v; }",
+                           arg=before_r0, timeout=60_000)
+    wait_ready(page)
+    r0, c0, r1, c1 = (int(page.locator('[data-testid="stNumberInput"]', has_text=k).first.locator("input").input_value())
+                      for k in ("r0", "c0", "r1", "c1"))
+    assert 0 <= r0 < r1 and 0 <= c0 < c1 and (c1 - c0) > (r1 - r0)  # the dragged box is wider than tall
+    assert page.locator('[data-testid="stMetric"]', has_text="cnr").first.inner_text() != cnr_before
+    shot(page, "enhancement_box_select")
+    assert not console_errors, console_errors
