@@ -1388,6 +1388,7 @@ def phase_correlation(image: np.ndarray, *, upsample_factor: int = 100, window: 
     "registration.fourier_mellin",
     title="Fourier–Mellin (rotation + scale + translation)",
     inputs="pair",
+    slow=True,
     domain=_PAIR_DOMAIN + "; same modality, square pixels",
     params=[
         Param("allow_scale", True, help="estimate a scale change as well as the rotation"),
@@ -1405,6 +1406,7 @@ def fourier_mellin(image: np.ndarray, *, allow_scale: bool = True, upsample_fact
     "registration.flip",
     title="Flip detection (reflections + Fourier–Mellin)",
     inputs="pair",
+    slow=True,
     domain=_PAIR_DOMAIN + "; NCC for same modality, NMI across modalities",
     params=[
         Param("base", "rotation_scale", options=_FLIP_BASES, help="registration run for each reflection"),
@@ -1449,6 +1451,7 @@ def intensity(image: np.ndarray, *, transform: str = "rigid", metric: str = "mat
     "registration.features",
     title="Keypoints + RANSAC (SIFT / ORB)",
     inputs="pair",
+    slow=True,
     domain=_PAIR_DOMAIN + "; rescaled to 8 bit between each image's 0.5–99.5 % percentiles for the detector",
     params=[
         Param("detector", "sift", options=FEATURE_DETECTORS),

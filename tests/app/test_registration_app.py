@@ -86,3 +86,25 @@ def test_dataset_wide_run_gives_tre_table():
     table = next(v for v in frames.values() if "tre_median_px" in v.columns and "name" in v.columns)
     assert (table.loc[table["name"].str.contains("reg03"), "tre_median_px"] < 0.1).all()
     assert (table["tre_median_px"] > 2).any()
+
+
+@pytest.mark.parametrize("method,pair,check", [
+    ("Keypoints + RANSAC", ("reg08_mni_rigid_fixed", "reg08_mni_rigid_moving"), "matches"),
+    ("Optical flow", ("reg14_ctsmall_deformable_fixed", "reg14_ctsmall_deformable_moving"), "field"),
+    ("Flip detection", ("reg05_phantom_flip_fixed", "reg05_phantom_flip_moving"), "flip"),
+])
+def test_method_specific_views(method, pair, check):
+    at = _page(pair)
+    at.selectbox(key="reg.auto.method").set_value(method).run()
+    [b for b in at.button if b.label == "Register"][0].click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    m = _metrics(at)
+    if check == "matches":  # the drawn matches image is captioned; the similarity is recovered
+        assert any("RANSAC inliers" in str(i.proto) for i in at.get("image"))
+        assert float(m["TRE median (px)"]) < 0.5
+    elif check == "field":  # displacement magnitude + quiver figure; TRE against the stored field improves
+        assert any("Displacement magnitude" in str(c.proto.spec) for c in at.get("plotly_chart"))
+        assert float(m["TRE median (px)"]) < 0.5
+    else:  # the reflection table and a mirrored transform
+        assert any("reflection" in list(d.value.columns) for d in at.dataframe)
+        assert float(m["TRE median (px)"]) < 0.5
