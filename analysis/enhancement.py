@@ -487,5 +487,5 @@ def match_histogram(image: np.ndarray, *, reference: np.ndarray | None = None) -
     ref = np.asarray(reference)
     if ref.ndim != 2:
         raise ValueError(f"parameter 'reference' must be a 2-D greyscale image; got shape {ref.shape}")
-    out = match_histograms(a, ref.astype(np.float32, copy=False)).astype(np.float32)
+    out = match_histograms(a, ref.astype(np.float32, copy=False)).astype(np.float32, copy=False)
     return Result(image=out, units="reference's units")
