@@ -273,7 +273,8 @@ def manual_tab(fixed: Image, moving: Image, mov: np.ndarray, truth: np.ndarray |
     with st.expander("Transform and exports"):
         st.code(_matrix_text(T), language=None)
         st.dataframe(transform_table(T, fixed.shape2d, fixed.spacing), hide_index=True, width="stretch")
-        exports(fixed, reg, T, None, moving, "manual", params, f"{P}.man.exp")
+        G = R.grid_transform(fixed.shape2d, fixed.spacing, moving.shape2d, moving.spacing)
+        exports(fixed, reg, G @ T, None, moving, "manual", params, f"{P}.man.exp")
 
 
 def automatic_tab(fixed: Image, moving: Image, mov: np.ndarray, truth: np.ndarray | None, truth_field: np.ndarray | None,
