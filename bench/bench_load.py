@@ -29,6 +29,7 @@ an upper bound of what the server needs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -254,26 +255,32 @@ async def _ws_load(url: str, sessions: int, reruns: int) -> tuple[list[float], l
     return times, base, missing + solo.exceptions + sum(c.exceptions for c in clients)
 
 
-def run_ws(sessions: int, reruns: int) -> dict:
-    import asyncio
-
+@contextlib.contextmanager
+def _served():  # type: ignore[no-untyped-def]
+    """A fresh server (own MEDLENS_HOME, log) with its RSS sampler; stopped on exit."""
     home = tempfile.mkdtemp(prefix="medlens-bench-home-")
     log = open(Path(home) / "server.log", "w")
     proc, url = start_server(home, log)
     sampler = RssSampler(proc.pid)
     sampler.start()
     try:
+        yield proc, url, sampler, Path(home) / "server.log"
+    finally:
+        sampler.stop_flag.set()
+        stop_server(proc)
+        log.close()
+
+
+def run_ws(sessions: int, reruns: int) -> dict:
+    import asyncio
+
+    with _served() as (proc, url, sampler, log_path):
         cpu0 = _cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         times, base, missing = asyncio.run(_ws_load(url, sessions, reruns))
         wall = time.perf_counter() - t0
         server_cpu = _cpu_seconds(proc.pid) - cpu0
-        log.flush()
-        errors = missing + sum(line.count("Traceback") for line in open(Path(home) / "server.log", errors="replace"))
-    finally:
-        sampler.stop_flag.set()
-        stop_server(proc)
-        log.close()
+        errors = missing + sum(line.count("Traceback") for line in open(log_path, errors="replace"))
     return _summary(times, base, sessions, reruns, wall, errors, sampler.peak, server_cpu)
 
 
@@ -290,13 +297,7 @@ def _summary(times: list[float], base: list[float], sessions: int, reruns: int, 
 def run(sessions: int, reruns: int) -> dict:
     from playwright.sync_api import sync_playwright
 
-    home = tempfile.mkdtemp(prefix="medlens-bench-home-")
-    log = open(Path(home) / "server.log", "w")
-    proc, url = start_server(home, log)
-    sampler = RssSampler(proc.pid)
-    sampler.start()
-    out: dict = {}
-    try:
+    with _served() as (proc, url, sampler, _):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             context = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -330,10 +331,6 @@ def run(sessions: int, reruns: int) -> dict:
             exceptions = sum(_errors(p) for p in pages)
             browser.close()
         out = _summary(times, base, sessions, reruns, wall, exceptions + len(page_errors), sampler.peak, server_cpu)
-    finally:
-        sampler.stop_flag.set()
-        stop_server(proc)
-        log.close()
     return out
 
 
