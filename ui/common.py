@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Iterable
 
 import pandas as pd
 import streamlit as st
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:])")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 
 
@@ -21,7 +20,8 @@ def safe_text(s: object, limit: int = 200) -> str:
     t = "".join(ch if ch.isprintable() else "?" for ch in t)
     if len(t) > limit:
         t = t[: limit - 1] + "…"
-    t = html.escape(t, quote=True)
+    # Streamlit renders Markdown without raw HTML; backslash-escaping every Markdown/HTML special
+    # character makes the text literal (no links, images, emphasis or tags), apostrophes intact.
     return _MD_SPECIAL.sub(r"\\\1", t)
 
 

@@ -29,7 +29,7 @@ def param_widget(p: Param, key: str, value: Any = None, *, container: Any = None
             return c.slider(label, int(p.min), int(p.max), int(v), step=int(p.step or 1), key=key, help=p.help or None)
         return c.number_input(label, min_value=None if p.min is None else int(p.min), max_value=None if p.max is None else int(p.max),
                               value=int(v), step=int(p.step or 1), key=key, help=p.help or None)
-    if p.min is not None and p.max is not None and not p.log:
+    if p.min is not None and p.max is not None and not p.log and (p.max - p.min) / float(p.step or (p.max - p.min) / 100) <= 2000:
         step = float(p.step or (p.max - p.min) / 100)
         return c.slider(label, float(p.min), float(p.max), float(v), step=step, key=key, help=p.help or None)
     return c.number_input(label, min_value=None if p.min is None else float(p.min), max_value=None if p.max is None else float(p.max),
