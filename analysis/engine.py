@@ -9,8 +9,9 @@
 
 Two traps measured on these machines (shared/guides/performance.md) are handled here:
 
-* one task per file costs 5–9 ms of scheduler/worker CPU — chunks are merged into tasks of at
-  least ``min_batch`` (default 50) items;
+* one task per file costs 5–9 ms of scheduler/worker CPU — chunks are merged into tasks of
+  ``min_batch`` (default 50) items, or fewer when a run is too small to give every worker
+  four tasks;
 * Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which made array-heavy work
   58–80 % slower — it is removed from Dask's config and from this process' environment.
 
@@ -24,7 +25,8 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable
+import math
+from typing import Any, Callable, Iterable, Sized
 
 __all__ = ["DaskEngine", "default_engine", "scheduler_from_env", "configure_dask", "ENV_SCHEDULER"]
 
@@ -142,12 +144,18 @@ class DaskEngine:
 
     # ---------------------------------------------------------------- work
     def _batches(self, chunks: Iterable[list[tuple[int, Any]]]) -> Iterable[list[tuple[int, Any]]]:
+        """Merge chunks into tasks of ``min_batch`` items — fewer when the whole run is small,
+        so that every worker still gets ≥ 4 tasks (slow files, e.g. JPEG 2000, stay parallel)."""
+        target = self.min_batch
+        if isinstance(chunks, Sized):
+            total = sum(len(c) for c in chunks)  # type: ignore[union-attr]
+            target = max(1, min(self.min_batch, math.ceil(total / (4 * self.workers))))
         buf: list[tuple[int, Any]] = []
         for c in chunks:
             buf.extend(c)
-            if len(buf) >= self.min_batch:
-                yield buf
-                buf = []
+            while len(buf) >= target:
+                yield buf[:target]
+                buf = buf[target:]
         if buf:
             yield buf
 

@@ -109,9 +109,9 @@ def test_loopback_scheduler_and_worker_ingest_same_rows_as_serial(tmp_path, loop
     assert set(env.values()) == {None}
     eng.close()
     assert rep.added == 131 and rep.failed == 1
-    # chunks of 16 were merged into tasks of ≥ 50 files: every task but the remainder is ≥ 50
+    # 131 files on 2 workers: tasks of ceil(131 / 8) = 17 files (4 tasks per worker), not 16-file chunks
     steps = np.sort(np.diff([0] + [d for d, _ in seen[1:]]))
-    assert seen[-1] == (131, 131) and steps.sum() == 131 and (steps[1:] >= 50).all()
+    assert seen[-1] == (131, 131) and steps.sum() == 131 and (steps[1:] == 17).all()
     a, b = _table(ref_db), _table(dask_db)
     pd.testing.assert_frame_equal(a, b)
 
@@ -141,3 +141,14 @@ def test_local_cluster_default_and_per_item_errors():
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
     env = eng.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(env.values()) == {None}
+
+
+def test_small_chunks_are_merged_into_tasks_of_at_least_50_items():
+    eng = DaskEngine(workers=2)  # no cluster is started for planning
+    chunks = [[(i, i) for i in range(k, min(k + 7, 1000))] for k in range(0, 1000, 7)]
+    sizes = [len(b) for b in eng._batches(chunks)]
+    assert sum(sizes) == 1000 and set(sizes[:-1]) == {50}
+    lazy = (c for c in chunks)  # an iterator of unknown length: always min_batch
+    assert [len(b) for b in eng._batches(lazy)][:3] == [50, 50, 50]
+    small = [[(i, i) for i in range(30)]]
+    assert [len(b) for b in eng._batches(small)] == [4] * 7 + [2]  # 30 files: 4 per task, 8 tasks
