@@ -17,7 +17,8 @@ worker starts in milliseconds and never inherits the web server's threads or soc
   in-process.
 
 Workers run with core dumps off (a crash writes nothing to disk) and an address-space
-ceiling (``MEDLENS_WORKER_MEMORY``, default 4 GiB) so a memory bomb that slips past the
+ceiling (``MEDLENS_WORKER_MEMORY``, default 6 GiB: the largest image the default limits allow
+(1 GiB decoded) plus its decode and transfer copies) so a memory bomb that slips past the
 header checks fails with ``MemoryError`` → LoadError, not an OOM kill of the machine.
 """
 
@@ -38,9 +39,11 @@ from analysis.image import Image
 from analysis.io import LoadError
 from analysis.limits import Limits
 
-__all__ = ["load_bytes_isolated", "run_isolated", "shutdown", "timeout_for", "DEFAULT_TIMEOUT", "worker_pids"]
+__all__ = ["load_bytes_isolated", "run_isolated", "shutdown", "timeout_for", "DEFAULT_TIMEOUT", "DEFAULT_WORKER_MEMORY",
+           "worker_pids"]
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_WORKER_MEMORY = 6 << 30
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
 _MAX_TASKS_PER_CHILD = 200
 _PRELOAD = ["analysis.io", "analysis.sandbox", "numpy", "pydicom", "PIL.Image", "tifffile", "nibabel"]
@@ -60,9 +63,9 @@ def _memory_ceiling() -> int:
     try:
         from analysis.limits import _parse_int
 
-        return _parse_int(raw) if raw.strip() else 4 << 30
+        return _parse_int(raw) if raw.strip() else DEFAULT_WORKER_MEMORY
     except ValueError:
-        return 4 << 30
+        return DEFAULT_WORKER_MEMORY
 
 
 def _init_worker(mem_bytes: int) -> None:

@@ -94,7 +94,7 @@ def test_ingest_reports_entry_errors_of_a_zip_and_keeps_the_good_entries(tmp_pat
 def test_workers_run_without_core_dumps_and_with_a_memory_ceiling():
     assert sandbox.run_isolated(resource.getrlimit, resource.RLIMIT_CORE, name="probe") == (0, 0)
     soft, _ = sandbox.run_isolated(resource.getrlimit, resource.RLIMIT_AS, name="probe")
-    assert 0 < soft <= 4 << 30
+    assert 0 < soft <= sandbox.DEFAULT_WORKER_MEMORY
 
 
 def test_an_unexpected_exception_in_the_worker_becomes_a_loaderror():
