@@ -691,6 +691,47 @@ def build_real(w: Writer, mni: MNI) -> None:
               licence="MIT (nibabel)", note="small real T1 volume, copied as-is")
 
 
+STARDIST_WHEEL_GLOB = "stardist-*.whl"
+LIC_STARDIST = "image and instance mask from the BBBC038 (Data Science Bowl 2018) set, CC0; shipped in the stardist wheel (BSD-3-Clause)"
+
+
+def _wheel_dirs() -> list[Path]:
+    env = os.environ.get("MEDLENS_WHEELS")
+    root = Path(__file__).resolve().parent.parent
+    return [Path(env)] if env else [root / "var" / "wheels"]
+
+
+def _stardist_nuclei() -> tuple[np.ndarray, np.ndarray] | None:
+    """The real fluorescence nuclei image (512², uint16) and its 125-nucleus instance mask,
+    read out of the stardist wheel that `make sample` downloads from PyPI at set-up time
+    (never at run time). None when the wheel is not there: the sample set is then built without it."""
+    import zipfile
+
+    import tifffile
+
+    for d in _wheel_dirs():
+        for whl in sorted(d.glob(STARDIST_WHEEL_GLOB)) if d.is_dir() else []:
+            try:
+                with zipfile.ZipFile(whl) as z:
+                    img = tifffile.imread(io.BytesIO(z.read("stardist/data/images/img2d.tif")))
+                    mask = tifffile.imread(io.BytesIO(z.read("stardist/data/images/mask2d.tif")))
+                return np.asarray(img), np.asarray(mask)
+            except (OSError, KeyError, zipfile.BadZipFile, ValueError):
+                continue
+    return None
+
+
+def build_nuclei(w: Writer) -> None:
+    got = _stardist_nuclei()
+    if got is None:
+        return
+    img, mask = got
+    w.add(id="real_nuclei_bbbc038", path=w.png("real/nuclei/nuclei.png", img.astype(np.uint16)), format="png",
+          modality="OT", role="real", label="nuclei", mask_path=w.png("real/nuclei/nuclei_instances.png", mask.astype(np.uint16)),
+          source="stardist wheel data/images/img2d.tif + mask2d.tif (BBBC038)", licence=LIC_STARDIST,
+          note=f"fluorescence nuclei, real instance mask with {len(np.unique(mask)) - 1} nuclei (16-bit label PNG)")
+
+
 # ----------------------------------------------------------------------------- driver
 def read_manifest(manifest: str | Path) -> list[dict[str, str]]:
     with open(manifest, newline="", encoding="utf-8") as f:
@@ -710,6 +751,8 @@ def is_complete(out_dir: str | Path) -> bool:
         return False
     if meta.get("version") != BUILD_VERSION or meta.get("rows") != len(rows):
         return False
+    if not meta.get("nuclei") and _stardist_nuclei() is not None:
+        return False  # the nuclei source became available: rebuild to include it
     for r in rows:
         for col in ("path", "mask_path", "labelmap_path", "clean_path", "field_path"):
             if r.get(col) and not (out / r[col]).is_file():
@@ -739,6 +782,7 @@ def build(out_dir: str | Path = DEFAULT_OUT, force: bool = False, verbose: bool 
             ("registration", lambda: build_registration(w, mni)),
             ("reference", lambda: build_references(w, mni)),
             ("real", lambda: build_real(w, mni)),
+            ("nuclei", lambda: build_nuclei(w)),
         ]
         for name, fn in steps:
             t = time.perf_counter()
@@ -753,7 +797,8 @@ def build(out_dir: str | Path = DEFAULT_OUT, force: bool = False, verbose: bool 
         cw.writeheader()
         cw.writerows(w.rows)
         (tmp / MANIFEST).write_text(buf.getvalue(), encoding="utf-8")
-        (tmp / INFO).write_text(json.dumps({"version": BUILD_VERSION, "rows": len(w.rows)}, indent=1) + "\n")
+        (tmp / INFO).write_text(json.dumps({"version": BUILD_VERSION, "rows": len(w.rows),
+                                                "nuclei": any(r["id"] == "real_nuclei_bbbc038" for r in w.rows)}, indent=1) + "\n")
         try:
             if out.exists():
                 shutil.rmtree(out)
