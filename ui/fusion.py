@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -36,21 +35,12 @@ GRIDS = {"A": "A's grid (B resampled onto it)", "finest": "finest spacing of the
          "B": "B's grid (A resampled onto it)"}
 #: pair roles in the order "anatomical first, functional last" (A is the first of a known pair)
 ROLE_ORDER = ("t1", "ct", "fixed", "reference", "t2", "flair", "moving", "t2_moving", "pet", "pet_moving", "pt", "spect")
-_LRU = "fusion.lru"
 
 
 # ----------------------------------------------------------------------------- small cache
 def _memo(key: tuple, make: Callable[[], Any], size: int = 24) -> Any:
-    """Per-session LRU (results derived from uploads never cross sessions)."""
-    lru: OrderedDict = st.session_state.setdefault(_LRU, OrderedDict())
-    if key in lru:
-        lru.move_to_end(key)
-        return lru[key]
-    val = make()
-    lru[key] = val
-    while len(lru) > size:
-        lru.popitem(last=False)
-    return val
+    """Per-session LRU (see ``ui.state.memo``)."""
+    return state.memo("fusion", key, make, size)
 
 
 # ----------------------------------------------------------------------------- pairs

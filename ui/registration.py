@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -26,29 +25,20 @@ from analysis import registration as R
 from analysis.batch import CallTask
 from analysis.image import Image
 from analysis.registry import Result
-from ui import data
+from ui import data, state
 from ui.common import header, plain_name, safe_text
 from ui.widgets import param_form
 
 P = "reg"  # widget-key prefix
 VIEW_SIDE = 512  # longest side of QA images sent to the browser
-_LRU = "registration.lru"
 #: methods that return a matrix (usable in known-transform mode)
 MATRIX_METHODS = {k: v for k, v in R.METHODS.items() if v not in R.DEFORMABLE}
 
 
 # ----------------------------------------------------------------------------- caching
 def memo(key: tuple, make: Callable[[], Any], size: int = 24) -> Any:
-    """Per-session LRU (results derived from uploads never cross sessions)."""
-    lru: OrderedDict = st.session_state.setdefault(_LRU, OrderedDict())
-    if key in lru:
-        lru.move_to_end(key)
-        return lru[key]
-    val = make()
-    lru[key] = val
-    while len(lru) > size:
-        lru.popitem(last=False)
-    return val
+    """Per-session LRU (see ``ui.state.memo``)."""
+    return state.memo("registration", key, make, size)
 
 
 def moving_on_grid(fixed: Image, moving: Image) -> np.ndarray:

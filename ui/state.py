@@ -63,3 +63,21 @@ def get(key: str, default=None):  # type: ignore[no-untyped-def]
 
 def set(key: str, value) -> None:  # type: ignore[no-untyped-def]  # noqa: A001
     st.session_state[key] = value
+
+
+def memo(namespace: str, key: tuple, make, size: int = 24):  # type: ignore[no-untyped-def]
+    """Per-session LRU cache: ``make()`` once per ``key`` within this browser session.
+
+    Results derived from a user's images live only in that user's session state, so they can
+    never reach another session (unlike Streamlit's shared caches)."""
+    from collections import OrderedDict
+
+    lru: OrderedDict = st.session_state.setdefault(f"medlens.memo.{namespace}", OrderedDict())
+    if key in lru:
+        lru.move_to_end(key)
+        return lru[key]
+    val = make()
+    lru[key] = val
+    while len(lru) > size:
+        lru.popitem(last=False)
+    return val
