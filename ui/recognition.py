@@ -122,7 +122,7 @@ def extract(dataset: Dataset, settings: F.FeatureSettings, recs: list[dict], sub
 
 def features_section(dataset: Dataset) -> pd.DataFrame | None:
     recs, subset = _subset(dataset)
-    with st.expander("Feature settings", expanded=False):
+    with st.expander("Feature settings", expanded=False, key="rec.exp_settings"):
         settings = settings_form(_dataset_modality(dataset))
     key = _task_key(settings, subset)
     if st.button(f"Extract features for {len(recs)} images", key="rec.extract", type="primary"):
@@ -348,14 +348,14 @@ def cv_results(got: dict[str, Any]) -> None:
         st.warning(safe_text(w, 600), icon="⚠️")
     for i in cv.leaks.infos:
         st.info(safe_text(i, 600))
-    with st.expander("Per-fold results"):
+    with st.expander("Per-fold results", key="rec.exp_folds"):
         st.dataframe(cv.folds.round(3), hide_index=True, width="stretch")
     a, b = st.columns(2)
     with a:
         st.plotly_chart(confusion_figure(cv), width="stretch", key="rec.confusion")
     with b:
         roc, pr = curve_figures(y, cv)
-        t1, t2 = st.tabs(["ROC", "Precision–recall"])
+        t1, t2 = st.tabs(["ROC", "Precision–recall"], key="rec.curve_tabs")
         t1.plotly_chart(roc, width="stretch", key="rec.roc")
         t2.plotly_chart(pr, width="stretch", key="rec.pr")
     projection_view(got)
@@ -460,7 +460,7 @@ def _projection(key: str, method: str, X: np.ndarray) -> tuple[np.ndarray, dict[
 def importance_view(got: dict[str, Any]) -> None:
     cv: C.CVResult = got["cv"]
     tm: C.TrainedModel = got["model"]
-    with st.expander("Permutation importance (on held-out folds)"):
+    with st.expander("Permutation importance (on held-out folds)", key="rec.exp_imp"):
         reps = st.slider("Repeats", 1, 10, 3, key="rec.imp_reps")
         key = (got["key"], reps)
         if st.button("Compute permutation importance", key="rec.imp_go"):
@@ -703,7 +703,7 @@ def predict_section(dataset: Dataset | None) -> None:
     ptm = None
     if dataset is not None:
         with right:
-            with st.expander("Annotation map settings", expanded=st.session_state.get(K_PATCH) is None):
+            with st.expander("Annotation map settings", expanded=st.session_state.get(K_PATCH) is None, key="rec.exp_map"):
                 ptm = patch_model_section(dataset, tm)
     amap = None
     if ptm is not None:
@@ -739,7 +739,7 @@ def dataset_predictions(dataset: Dataset | None, tm: C.TrainedModel) -> None:
     feats = st.session_state.get(K_FEATS)
     if dataset is None or not feats:
         return
-    with st.expander("Predict the whole extracted table"):
+    with st.expander("Predict the whole extracted table", key="rec.exp_predict"):
         if json.dumps(feats["settings"], sort_keys=True, default=str) != json.dumps(tm.settings, sort_keys=True, default=str):
             st.caption("The extracted table used other feature settings than this model; re-extract with the model's settings "
                        "to predict it.")
@@ -763,7 +763,7 @@ def recognition_page() -> None:
     header("Recognition", "Radiomics-style features over the working dataset, a classifier validated by subject, "
                           "and predictions with an annotation map on the working image.")
     dataset = data.working_dataset()
-    tabs = st.tabs(["Features", "Train & validate", "Prediction"])
+    tabs = st.tabs(["Features", "Train & validate", "Prediction"], key="rec.tabs")
     with tabs[0]:
         if dataset is None or not len(dataset):
             st.info("No working dataset: choose one on the **Home** page.")
@@ -772,7 +772,7 @@ def recognition_page() -> None:
             df = features_section(dataset)
             if df is not None:
                 show_feature_table(df)
-                with st.expander("Bin-width advisor"):
+                with st.expander("Bin-width advisor", key="rec.exp_advisor"):
                     bin_advisor(dataset, df)
     with tabs[1]:
         cur = st.session_state.get(K_FEATS)
