@@ -660,7 +660,8 @@ def page() -> None:
     with tabs[4]:
         st.caption("Dice / IoU / Hausdorff / ASD where the dataset has ground-truth masks; objects and total area "
                    "everywhere. Group by label to compare classes; click a worst case to open it.")
-        dataset_wide(run.full_steps, seg_metrics.dataset_measure, key=f"{T}.ds", group_cols=("label", "modality", "role", "subject"))
+        dataset_wide(run.full_steps, seg_metrics.dataset_measure, key=f"{T}.ds", group_cols=("label", "modality", "role", "subject"),
+                     default_metric="dice")
     with tabs[5]:
         export_tab(run, op)
 

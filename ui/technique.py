@@ -182,7 +182,13 @@ def _scale_box(box: Sequence[int] | None, f: int) -> tuple[int, ...] | None:
 
 
 def result_to_display(result: Result, image: Image, window: tuple[float, float]) -> tuple[Image, np.ndarray | None]:
-    """What to show for a result: (image to draw, optional overlay)."""
+    """What to show for a result: (image to draw, optional overlay). Segmentation outputs
+    (units mask / label / class) are drawn as an overlay on the input, not as a 0/1 image."""
+    if result.units in ("mask", "label", "class"):
+        if result.labels is not None and result.units != "mask":
+            return image, np.asarray(result.labels)
+        if result.mask is not None:
+            return image, np.asarray(result.mask, bool)
     if result.image is not None:
         a = np.asarray(result.image)
         units = result.units or image.units
@@ -415,7 +421,8 @@ def _paired_metrics(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 
 def dataset_wide(steps: list[tuple[str, dict]], measure: Callable[..., dict] | None, key: str,
-                 group_cols: tuple[str, ...] = ("label", "modality", "role")) -> pd.DataFrame | None:
+                 group_cols: tuple[str, ...] = ("label", "modality", "role"),
+                 default_metric: str | None = None) -> pd.DataFrame | None:
     """Run ``steps`` over the working dataset (batch map, progress, cached), chart every
     metric before vs after (box or violin) grouped by a chosen column, list errors and the
     images where the pipeline did worst / best (click to make them the working image)."""
@@ -443,6 +450,8 @@ def dataset_wide(steps: list[tuple[str, dict]], measure: Callable[..., dict] | N
     if choices:
         gcols = [c for c in group_cols if c in ok.columns and ok[c].astype(str).nunique() > 1] or [None]
         a, b, c = st.columns([2, 2, 1])
+        if default_metric in choices and f"{key}.metric" not in st.session_state:
+            st.session_state[f"{key}.metric"] = default_metric
         metric = a.selectbox("Metric", choices, key=f"{key}.metric",
                              format_func=lambda m: f"{m} (before vs after)" if m in pairs else m)
         group = b.selectbox("Group by", gcols, key=f"{key}.group", format_func=lambda g: g or "(all)")
