@@ -1592,10 +1592,12 @@ def quality_rules(df: Any) -> Any:
     if len(ser):
         g = ser.groupby("series_key")
         n = g["path"].transform("size")
-        spr = g["spacing_row_mm"].transform(lambda s: s.max() - s.min())
-        spc = g["spacing_col_mm"].transform(lambda s: s.max() - s.min())
-        thick = g["slice_thickness_mm"].transform(lambda s: s.max() - s.min())
-        size = g["rows"].transform("nunique") + g["cols"].transform("nunique")
+
+        def spread(col: str) -> Any:
+            return g[col].transform("max") - g[col].transform("min")
+
+        spr, spc, thick = spread("spacing_row_mm"), spread("spacing_col_mm"), spread("slice_thickness_mm")
+        size = (spread("rows").fillna(0) > 0).astype(int) + (spread("cols").fillna(0) > 0).astype(int) + 2
         bad = (n > 1) & ((spr.fillna(0) > 1e-3) | (spc.fillna(0) > 1e-3) | (thick.fillna(0) > 1e-3) | (size > 2))
         detail = ("within its series (" + n.astype(str) + " images) pixel spacing varies by "
                   + spr.fillna(0).round(4).astype(str) + "/" + spc.fillna(0).round(4).astype(str) + " mm, slice thickness by "
@@ -1613,23 +1615,31 @@ def quality_rules(df: Any) -> Any:
 
 
 def _irregular_series(ser: Any) -> dict[str, str]:
-    """Series whose sorted slice positions have gaps differing > 10 % (and > 0.1 mm) from the median gap, or repeats."""
+    """Series whose sorted slice positions have gaps differing > 10 % (and > 0.1 mm) from the
+    series' median gap, or repeated positions (vectorised over all series)."""
+    pos = ser.loc[ser["slice_position_mm"].notna(), ["series_key", "slice_position_mm"]]
+    if pos.empty:
+        return {}
+    pos = pos.sort_values(["series_key", "slice_position_mm"])
+    n = pos.groupby("series_key")["slice_position_mm"].transform("size")
+    pos = pos[n >= 3].copy()
+    if pos.empty:
+        return {}
+    pos["gap"] = pos.groupby("series_key")["slice_position_mm"].diff()
+    gaps = pos.dropna(subset=["gap"])
+    med = gaps.groupby("series_key")["gap"].transform("median")
+    dev = (gaps["gap"] - med).abs()
+    bad = (med <= 0) | (dev > np.maximum(0.1 * med, 0.1))
     out: dict[str, str] = {}
-    pos = ser[ser["slice_position_mm"].notna()]
-    for key, s in pos.groupby("series_key")["slice_position_mm"]:
-        if len(s) < 3:
-            continue
-        z = np.sort(s.to_numpy(dtype=np.float64))
-        d = np.diff(z)
-        med = float(np.median(d))
-        if med <= 0:
-            out[key] = "several images at the same slice position"
-            continue
-        dev = np.abs(d - med)
-        if (dev > max(0.1 * med, 0.1)).any():
-            worst = float(d[np.argmax(dev)])
-            out[key] = (f"slice gap {worst:.2f} mm where the series' usual gap is {med:.2f} mm "
-                        "(missing or duplicated slice?)" if worst > 0 else "two images at the same slice position")
+    if not bad.any():
+        return out
+    worst = gaps.assign(dev=dev, med=med)[bad.to_numpy()].sort_values("dev", ascending=False).drop_duplicates("series_key")
+    for r in worst.itertuples():
+        if r.med <= 0 or r.gap <= 0:
+            out[r.series_key] = "several images at the same slice position"
+        else:
+            out[r.series_key] = (f"slice gap {r.gap:.2f} mm where the series' usual gap is {r.med:.2f} mm "
+                                 "(missing or duplicated slice?)")
     return out
 
 
@@ -1700,8 +1710,9 @@ def cluster(X: np.ndarray, method: str = "kmeans", *, k: int = 4, eps: float = 1
     raise ValueError(f"method must be 'kmeans' or 'dbscan', got {method!r}")
 
 
-def _as_category(s: Any) -> Any:
-    """A tag as categories: numeric tags with many values are cut into quintiles."""
+def _as_category(s: Any, max_values: int = 20) -> Any:
+    """A tag as categories: numeric tags with many values are cut into quintiles; rare values
+    beyond the ``max_values`` most frequent are pooled as ``other`` (keeps adjusted MI cheap)."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(s) and s.nunique(dropna=True) > 12:
@@ -1709,7 +1720,9 @@ def _as_category(s: Any) -> Any:
             return pd.qcut(s, 5, duplicates="drop").astype(str).fillna(MISSING)
         except ValueError:
             pass
-    return s.astype(object).where(s.notna(), MISSING).astype(str)
+    out = s.astype(object).where(s.notna(), MISSING).astype(str)
+    top = out.value_counts().index[:max_values]
+    return out.where(out.isin(top), "other")
 
 
 def explain_clusters(labels: np.ndarray, df: Any, tags: Sequence[str] | None = None) -> Any:

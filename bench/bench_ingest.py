@@ -181,15 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.split("\n\n")[0])
     ap.add_argument("--dir", help="work folder for generated files (default: a temporary folder)")
     ap.add_argument("--skip-rss", action="store_true", help="throughput only")
+    ap.add_argument("--rss-only", action="store_true", help="memory only")
     args = ap.parse_args(argv)
     os.environ.setdefault("MEDLENS_HOME", tempfile.mkdtemp(prefix="medlens-bench-home-"))
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="medlens-bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         n, repeats = (240, 3) if args.quick else (600, 5)
-        throughput(work, n, repeats, "native")
-        throughput(work, n // 2, repeats, "rle")
-        throughput(work, n // 8, repeats, "j2k")
+        if not args.rss_only:
+            throughput(work, n, repeats, "native")
+            throughput(work, n // 2, repeats, "rle")
+            throughput(work, n // 8, repeats, "j2k")
         if not args.skip_rss:
             small, large = (1000, 5000) if args.quick else (2000, 20000)
             memory(work, small, large)

@@ -40,6 +40,22 @@ LABELS = {"modality": "Modality", "label": "Class", "manufacturer": "Manufacture
           "body_part": "Body part", "photometric": "Photometric", "format": "Format", "role": "Role"}
 
 
+def _warm_imports() -> None:
+    """Import scikit-learn in the background (≈ 1.5–2.5 s here) so the first mining view is quick."""
+    try:
+        import sklearn.cluster  # noqa: F401
+        import sklearn.decomposition  # noqa: F401
+        import sklearn.ensemble  # noqa: F401
+        import sklearn.manifold  # noqa: F401
+        import sklearn.metrics  # noqa: F401
+        import sklearn.neighbors  # noqa: F401
+    except Exception:  # noqa: BLE001 - an optimisation only
+        pass
+
+
+threading.Thread(target=_warm_imports, name="medlens-warm-sklearn", daemon=True).start()
+
+
 # ============================================================================ background ingest
 @dataclass
 class IngestJob:

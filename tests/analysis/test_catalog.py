@@ -438,3 +438,20 @@ def test_export_parquet_and_csv_roundtrip(built, tmp_path):
     cs = pd.read_csv(c.export(tmp_path / "ct.csv", where="modality = ?", params=["CT"]))
     assert len(pq) == 14 and "thumb" not in pq.columns and "p99" in pq.columns
     assert len(cs) == 7 and set(cs["modality"]) == {"CT"}
+
+
+def test_uploads_folder_of_stored_images_is_catalogued(tmp_path):
+    """The page ingests a session's uploads folder: private .mlimg.npz files in physical units."""
+    from analysis.image import Image
+    from analysis.store import save_image
+
+    hu = _head(np.random.default_rng(1)).astype(np.float32)
+    save_image(Image(hu, name="upload.dcm", spacing=(0.8, 0.8), units="HU", modality="CT", window=(40.0, 400.0),
+                     source_format="dicom"), tmp_path / "uploads" / "u1")
+    db = tmp_path / "session.duckdb"
+    rep = cat.ingest(tmp_path / "uploads", catalog=db, engine=SerialEngine(), kind="upload")
+    row = _rows(cat.Catalog(db)).iloc[0]
+    assert rep.added == 1 and row["status"] == "ok" and row["modality"] == "CT"
+    assert row["mean"] == pytest.approx(float(hu.astype(np.float64).mean()), rel=1e-6)
+    assert row["p50"] == pytest.approx(float(np.percentile(hu.astype(np.float64), 50)), abs=1e-3)
+    assert row["spacing_row_mm"] == pytest.approx(0.8)
