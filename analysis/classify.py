@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import io
-import math
 import time
 import warnings
 import zipfile

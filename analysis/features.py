@@ -33,7 +33,7 @@ non-excess m4/m2², 3 for a Gaussian; energy is Σx²; GLCM symmetric and averag
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Sequence
 
 import numpy as np

@@ -43,7 +43,7 @@ def main() -> None:
     img = ds.load_entry(entry).grey()
     settings = F.default_settings("CT")
 
-    print(f"== GLCM cost by grey levels (256² slice, soft-tissue range, distance 1, 4 angles)")
+    print("== GLCM cost by grey levels (256² slice, soft-tissue range, distance 1, 4 angles)")
     t32 = median_time(lambda: registry.run("features.glcm", img, {"bin_count": 32, "range_min": -20.0, "range_max": 150.0}), reps)
     t64 = median_time(lambda: registry.run("features.glcm", img, {"bin_count": 64, "range_min": -20.0, "range_max": 150.0}), reps)
     t256 = median_time(lambda: registry.run("features.glcm", img, {"bin_count": 256, "range_min": -20.0, "range_max": 150.0}), reps)

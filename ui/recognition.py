@@ -336,7 +336,6 @@ def train_section(dataset: Dataset, df: pd.DataFrame) -> None:
 
 def cv_results(got: dict[str, Any]) -> None:
     cv: C.CVResult = got["cv"]
-    sub: pd.DataFrame = got["table"]
     y = got["labels"]
     st.markdown(f"**Validation:** {safe_text(cv.splitter)} — {len(y)} images, {cv.seconds:.1f} s")
     cols = st.columns(4)
