@@ -56,6 +56,8 @@ class Dataset:
     entries: pd.DataFrame
     kind: str = "sample"  # sample | folder | upload
     errors: list[dict[str, str]] = field(default_factory=list)
+    _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    _pairs: dict[Any, list] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -68,15 +70,23 @@ class Dataset:
         return recs
 
     def entry(self, entry_id: str) -> dict[str, Any]:
-        rows = self.entries[self.entries["id"].astype(str) == str(entry_id)]
-        if rows.empty:
+        if self._index is None or len(self._index) != len(self.entries):
+            self._index = {str(i): k for k, i in enumerate(self.entries["id"])}
+        k = self._index.get(str(entry_id))
+        if k is None:
             raise KeyError(entry_id)
-        rec = rows.iloc[0].to_dict()
+        rec = self.entries.iloc[k].to_dict()
         rec["root"] = str(self.root)
         return rec
 
     def pairs(self, roles: tuple[str, str] | None = None) -> list[tuple[dict, dict]]:
         """(a, b) entry pairs sharing a ``pair_id`` (fixed/moving, t1/t2, t1/pet ...)."""
+        key = (roles, len(self.entries))
+        if key not in self._pairs:
+            self._pairs[key] = self._find_pairs(roles)
+        return self._pairs[key]
+
+    def _find_pairs(self, roles: tuple[str, str] | None) -> list[tuple[dict, dict]]:
         e = self.entries
         if "pair_id" not in e.columns:
             return []

@@ -65,8 +65,10 @@ def entry_digest(entry: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- datasets
-@st.cache_data(show_spinner="Reading the sample dataset…", max_entries=4)
+@st.cache_resource(show_spinner="Reading the sample dataset…", max_entries=4)
 def _sample(manifest_digest: str) -> ds.Dataset:
+    # one shared, read-only object (server-side files, no user data): its entry index and
+    # pair list are computed once, not on every rerun
     return ds.load_sample()
 
 

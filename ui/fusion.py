@@ -24,6 +24,7 @@ from analysis.dataset import Dataset
 from analysis.display import downsample
 from analysis.image import Image, content_digest
 from ui import data, picker, state
+from ui.privacy import burned_in_gate
 from ui.common import header, plain_name, safe_text
 from ui.technique import run_cached
 from ui.viewer import image_figure
@@ -414,6 +415,7 @@ def fusion_page() -> None:
         metric_row(m)
         for note in res.notes:
             st.caption(safe_text(note, 400))
+        burned_in_gate(pair["a"], key=f"{P}.exp")  # a warning only: picture exports carry pixels, never headers
         e1, e2 = st.columns(2)
         name = op_key.split(".", 1)[1]
         png = _memo(("png", pair["a"].digest, pair["b"].digest, op_key, json.dumps(params, sort_keys=True, default=str)),

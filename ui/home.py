@@ -119,8 +119,9 @@ def _gallery(dataset, view: pd.DataFrame) -> None:  # type: ignore[no-untyped-de
                 st.image(thumb, width="stretch")
             else:
                 st.caption("⚠️ unreadable")
-            st.button(plain_name(entry["name"], 18), key=f"home.g.{eid}", on_click=picker.choose_image, args=(eid,),
-                      help=plain_name(entry["name"]), width="stretch")
+            # button labels and tooltips render Markdown: escape user-supplied names
+            st.button(safe_text(entry["name"], 18), key=f"home.g.{eid}", on_click=picker.choose_image, args=(eid,),
+                      help=safe_text(entry["name"]), width="stretch")
 
 
 def home_page() -> None:

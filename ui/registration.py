@@ -26,6 +26,7 @@ from analysis.batch import CallTask
 from analysis.image import Image
 from analysis.registry import Result
 from ui import data, state
+from ui.privacy import burned_in_gate
 from ui.common import header, plain_name, safe_text
 from ui.widgets import param_form
 
@@ -192,6 +193,7 @@ def field_figure(field: np.ndarray, spacing: R.Spacing) -> go.Figure:
 def exports(fixed: Image, registered: np.ndarray, T: np.ndarray, field: np.ndarray | None, moving: Image,
             method: str, params: dict[str, Any], key: str) -> None:
     """Registered image (.npy float32 and 16-bit PNG), transform (JSON, ITK .tfm), field (.npy)."""
+    burned_in_gate(moving, key=f"{key}.exp")  # a warning only: picture exports carry pixels, never headers
     c = st.columns(5)
     buf = io.BytesIO()
     np.save(buf, registered.astype(np.float32), allow_pickle=False)

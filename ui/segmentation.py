@@ -31,6 +31,7 @@ from analysis.image import Image, content_digest
 from analysis.metrics import METRIC_INFO
 from analysis.registry import Operation, Result
 from ui import data
+from ui.privacy import burned_in_gate, removal_preview
 from ui.common import header, safe_text
 from ui.technique import PREVIEW_SIDE, RunContext, dataset_wide, preview_image, run_steps, sweep_grid
 from ui.viewer import image_figure
@@ -584,11 +585,13 @@ def export_tab(run: SegRun, op: Operation) -> None:
     st.caption("Exports compute the current chain at full resolution. File names are generic. The DICOM SEG references a "
                "de-identified source image rebuilt from the pixels (no patient, study or institution identifiers; new UIDs); "
                "both are in the ZIP.")
+    ok = burned_in_gate(image, key=f"{T}.exp")
+    removal_preview(key=f"{T}.exp")
     a, b, c = st.columns(3)
     a.download_button("Mask — PNG", png, file_name="medlens_mask.png", mime="image/png", key=f"{T}.exp.png", on_click="ignore",
                       help="Binary masks as 8-bit 0/255; label images as 16-bit labels.")
     b.download_button("DICOM SEG + source (ZIP)", seg_zip, file_name="medlens_seg.zip", mime="application/zip",
-                      key=f"{T}.exp.seg", on_click="ignore")
+                      key=f"{T}.exp.seg", on_click="ignore", disabled=not ok)
     table = region_table(run)
     c.download_button("Region table — CSV", seg_export.table_csv(table), file_name="medlens_regions.csv", mime="text/csv",
                       key=f"{T}.exp.csv", on_click="ignore", disabled=table.empty)

@@ -45,6 +45,7 @@ from analysis.metrics import METRIC_INFO, basic_measure, default_boxes, entropy
 from analysis.pipeline import Pipeline, decode_state, encode_state
 from analysis.registry import Operation, Result
 from ui import compare, data, picker
+from ui.privacy import burned_in_gate, removal_preview
 from ui.common import header, plain_name, safe_text
 from ui.viewer import image_figure
 from ui.widgets import param_form, widget_key
@@ -692,12 +693,14 @@ def export_panel(t: str, run: RunContext, steps: list[tuple[str, dict]], metrics
 
     st.caption("Exports compute the current settings at full size. The DICOM is a new derived image (Secondary Capture): "
                "new UIDs, DERIVED\\SECONDARY, no patient, study or institution identifiers, PatientIdentityRemoved YES.")
+    ok = burned_in_gate(full, key=f"{t}.exp")
+    removal_preview(key=f"{t}.exp")
     a, b, c, d = st.columns(4)
     a.download_button("Image — 16-bit PNG", png, file_name=f"medlens_{t}.png", mime="image/png", key=f"{t}.exp.png",
                       on_click="ignore", help="Values mapped linearly from the image's min–max to 0–65535; the mapping is "
                       "stored in the PNG's text chunks (medlens:lo / medlens:hi).")
     b.download_button("Image — de-identified DICOM", dicom, file_name=f"medlens_{t}.dcm", mime="application/dicom",
-                      key=f"{t}.exp.dcm", on_click="ignore")
+                      key=f"{t}.exp.dcm", on_click="ignore", disabled=not ok)
     rows = [{"metric": k, "value": v, "description": METRIC_INFO.get(k, (True, ""))[1]} for k, v in metrics.items()]
     c.download_button("Metrics — CSV", export.metrics_csv_bytes(rows), file_name=f"medlens_{t}_metrics.csv", mime="text/csv",
                       key=f"{t}.exp.csv", on_click="ignore")

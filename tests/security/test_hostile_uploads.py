@@ -186,9 +186,6 @@ def test_hostile_batch_through_the_home_upload_box(cases):
     assert HTML_NAME and MARKDOWN_NAME  # both are in the batch above
 
 
-@pytest.mark.xfail(strict=True, reason="ui/home.py puts file names through plain_name() into gallery button labels "
-                   "and tooltips, which render Markdown (images, links): reported to the lead; remove this mark "
-                   "once the names are Markdown-escaped there")
 def test_file_names_in_gallery_buttons_are_not_live_markdown(cases):
     """Button labels and tooltips render Markdown (links, images). A file called
     ``![](//e.x/t.png)`` must not become an image fetched from another host."""
