@@ -22,7 +22,7 @@ from analysis import features as F
 from analysis.batch import CallTask
 from analysis.dataset import Dataset
 from analysis.image import Image
-from ui import data, picker
+from ui import data, picker, state
 from ui.common import header, plain_name, safe_text, show_errors
 from ui.viewer import image_figure
 from ui.widgets import param_widget
@@ -447,13 +447,11 @@ def projection_view(got: dict[str, Any]) -> None:
 
 
 def _projection(key: str, method: str, X: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    store = st.session_state.setdefault("rec.proj_cache", {})
-    k = (key, method)
-    if k not in store:
+    def make() -> tuple[np.ndarray, dict[str, Any]]:
         with st.spinner("Projecting…"):
-            store.clear()
-            store[k] = C.projection(X, method=method)
-    return store[k]
+            return C.projection(X, method=method)
+
+    return state.memo("rec.proj", (key, method), make, size=2)
 
 
 def importance_view(got: dict[str, Any]) -> None:
@@ -498,11 +496,7 @@ def exports(got: dict[str, Any]) -> None:
 
 
 def _model_bytes(key: str, tm: C.TrainedModel) -> bytes:
-    store = st.session_state.setdefault("rec.model_bytes", {})
-    if key not in store:
-        store.clear()
-        store[key] = C.save_model(tm)
-    return store[key]
+    return state.memo("rec.model_bytes", (key,), lambda: C.save_model(tm), size=1)
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -536,15 +530,14 @@ def model_picker() -> C.TrainedModel | None:
 
 
 def _image_features(entry: dict[str, Any], image: Image, settings: F.FeatureSettings) -> dict[str, Any]:
-    store = st.session_state.setdefault("rec.image_feats", {})
-    key = (image.digest, json.dumps(settings.as_kwargs(), sort_keys=True, default=str))
-    if key not in store:
+    def make() -> dict[str, Any]:
         given = None
         if settings.roi == "mask" or "shape" in settings.groups:
             given = data.load_aux(entry, "mask_path")
-        store.clear()
-        store[key] = F.features_for_image(image.grey(), settings, spacing=image.spacing, given_mask=given)
-    return store[key]
+        return F.features_for_image(image.grey(), settings, spacing=image.spacing, given_mask=given)
+
+    key = (image.digest, json.dumps(settings.as_kwargs(), sort_keys=True, default=str))
+    return state.memo("rec.image_feats", key, make, size=8)
 
 
 def probabilities_figure(classes: list[str], p: np.ndarray, title: str) -> go.Figure:
@@ -706,13 +699,11 @@ def predict_section(dataset: Dataset | None) -> None:
                 ptm = patch_model_section(dataset, tm)
     amap = None
     if ptm is not None:
-        store = st.session_state.setdefault("rec.amap", {})
-        k = (image.digest, id(ptm), ptm.extra.get("stride"))
-        if k not in store:
+        def make_map() -> dict[str, Any]:
             with st.spinner("Sliding the patch classifier over the image…"):
-                store.clear()
-                store[k] = C.annotation_map(image.grey(), ptm, spacing=image.spacing)
-        amap = store[k]
+                return C.annotation_map(image.grey(), ptm, spacing=image.spacing)
+
+        amap = state.memo("rec.amap", (image.digest, id(ptm), ptm.extra.get("stride")), make_map, size=4)
     structure = structure_mask(entry, image, src, band)
     label = pred
     if structure is not None and amap is not None:

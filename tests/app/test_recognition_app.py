@@ -129,8 +129,7 @@ def test_predicts_working_image_with_annotation_map(trained):
     spec = _spec(at, "rec.annot")
     names = [t.get("name") for t in spec["data"]]
     assert "annotation map" in names and "structure" in names  # L overlay + the lesion outline
-    L = at.session_state["rec.amap"]
-    (amap,) = L.values()
+    amap = list(at.session_state["medlens.memo.rec.amap"].values())[-1]
     mask = ds.load_aux(ds.load_sample().entry(LESION_IMAGE), "mask_path")
     assert np.nanmean(amap["L"][mask]) > 0.5 > np.nanmean(amap["L"][~mask])
     assert any("Annotation map L(x, y)" in c.value for c in at.caption)
