@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test test-fast sample setup browser-deps bench clean
+.PHONY: run test test-fast sample setup browser-deps bench validate clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ test-fast: sample
 ## Benchmarks: each prints medians and ratios to a baseline measured in the same run
 bench: sample
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f --quick || exit 1; done
+
+## Accuracy scripts (facts about the methods on the sample dataset; listed in the README)
+validate: sample
+	@for f in bench/accuracy_*.py; do echo "== $$f"; $(BIN)/python $$f --quick || exit 1; done
 
 clean:
 	rm -rf var/sessions test-artifacts .pytest_cache

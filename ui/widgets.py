@@ -24,6 +24,9 @@ def param_widget(p: Param, key: str, value: Any = None, *, container: Any = None
         return c.selectbox(label, opts, index=opts.index(v) if v in opts else 0, key=key, help=p.help or None)
     if p.kind == "bool":
         return c.checkbox(label, value=bool(v), key=key, help=p.help or None)
+    if v is None:  # optional number ("auto" when left empty)
+        return c.number_input(label, min_value=p.min, max_value=p.max, value=None, step=p.step or None, key=key,
+                              help=(p.help or "") + " Leave empty for automatic.", placeholder="auto")
     if p.kind == "int":
         if p.min is not None and p.max is not None and p.max - p.min <= 1000:
             return c.slider(label, int(p.min), int(p.max), int(v), step=int(p.step or 1), key=key, help=p.help or None)
