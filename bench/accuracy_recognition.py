@@ -76,7 +76,10 @@ def main() -> None:
     ap.add_argument("--all-models", action="store_true")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--no-map", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="skip the (slower) annotation-map check")
     args = ap.parse_args()
+    if args.quick:
+        args.no_map = True
     settings = F.default_settings("CT")
     df, recs, secs = cohort_table(settings)
     bad = df[df["error"] != ""]
