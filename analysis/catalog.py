@@ -970,6 +970,10 @@ class Catalog:
                         raise CatalogBusy("another process is writing this catalog (an ingest is running)") from exc
                     time.sleep(0.1)
             con.execute("SET threads = 1")  # small batches: thread hand-offs cost more than they give
+            # keep the writer's buffer pool small: written pages are on disk after each checkpoint,
+            # so memory stays flat however many rows the catalog grows to
+            con.execute("SET memory_limit = '96MB'")
+            con.execute("SET checkpoint_threshold = '8MB'")
             w = _Writer(self, con)
             try:
                 w.ensure_schema()
