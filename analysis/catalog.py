@@ -1004,11 +1004,10 @@ class Catalog:
         cols = [c for c in (columns or COLUMN_NAMES) if c in COLUMN_TYPES and c != "thumb"]
         sel = ", ".join(_q(c) for c in cols)
         fmt = "PARQUET" if out.suffix.lower() == ".parquet" else "CSV, HEADER"
-        with self.reader() as con:
-            sql = f"COPY (SELECT {sel} FROM images {('WHERE ' + where) if where else ''} ORDER BY root_id, path) TO ? (FORMAT {fmt})"
-            # COPY does not take a parameter for the target: quote it as a literal instead
-            sql = sql.replace("TO ?", "TO " + _lit(str(out)))
-            con.execute(sql, list(params or []))
+        cond = f"WHERE {where}" if where else ""
+        with self.reader() as con:  # COPY's target cannot be a parameter: a quoted literal
+            con.execute(f"COPY (SELECT {sel} FROM images {cond} ORDER BY root_id, path) TO {_lit(str(out))} "
+                        f"(FORMAT {fmt})", list(params or []))
         return out
 
 
@@ -1172,10 +1171,6 @@ class IngestReport:
     removed: int = 0
     seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def processed(self) -> int:
-        return self.added + self.updated + self.touched
 
 
 Progress = Callable[[int, int], None]

@@ -165,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the progress bar says what matters
     try:
         return int(args.func(args))
     except FileNotFoundError as exc:

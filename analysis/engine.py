@@ -66,7 +66,9 @@ def _local_client(workers: int):  # type: ignore[no-untyped-def]
             return client
         configure_dask()
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               # no dashboard; the scheduler's small HTTP server on a free loopback port
+                               scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
         client = Client(cluster, set_as_default=False)
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # the nanny leaks it into this process
         _LOCAL[workers] = client
