@@ -10,9 +10,10 @@ from tests.browser.conftest import assert_no_exception, open_page
 # A cheap content signature of the "after" heatmap of the linked compare figure (trace 1).
 _AFTER_SIG = """() => {
   const plots = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
-  const el = plots.find(p => p.data && p.data.length >= 2 && p.data[0].type === 'heatmap' && p.data[1].type === 'heatmap');
+  const heat = p => (p.data || []).filter(t => t.type === 'heatmap');
+  const el = plots.find(p => heat(p).length >= 2);
   if (!el) return null;
-  const z = el.data[1].z;
+  const z = heat(el)[1].z;
   const s = (z && z.bdata) ? z.bdata : JSON.stringify(z);
   let h = 0;
   for (let i = 0; i < s.length; i++) { h = (h * 31 + s.charCodeAt(i)) | 0; }
