@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-def _icon():  # a local favicon: Material/emoji page icons make the browser fetch from the internet
+
+def _icon():  # type: ignore[no-untyped-def]
+    """A local favicon: Material/emoji page icons make the browser fetch from the internet."""
     import numpy as np
     from PIL import Image as PILImage
 
@@ -17,22 +19,27 @@ def _icon():  # a local favicon: Material/emoji page icons make the browser fetc
     return PILImage.fromarray(rgb, "RGBA")
 
 
-st.set_page_config(page_title="MedLens", page_icon=_icon(), layout="wide")
+def main() -> None:
+    st.set_page_config(page_title="MedLens", page_icon=_icon(), layout="wide")
+    from ui import picker, state
 
-from ui import picker, state  # noqa: E402  (after set_page_config)
+    pages = [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/enhancement.py", title="Enhancement", icon=":material/auto_fix_high:", url_path="Enhancement"),
+        st.Page("pages/segmentation.py", title="Segmentation", icon=":material/category:", url_path="Segmentation"),
+        st.Page("pages/fusion.py", title="Fusion", icon=":material/layers:", url_path="Fusion"),
+        st.Page("pages/registration.py", title="Registration", icon=":material/center_focus_strong:", url_path="Registration"),
+        st.Page("pages/recognition.py", title="Recognition", icon=":material/search:", url_path="Recognition"),
+        st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="Dataset"),
+    ]
+    if "medlens.pruned" not in st.session_state:
+        st.session_state["medlens.pruned"] = state.prune_old_sessions()
+    nav = st.navigation(pages)
+    picker.sidebar()
+    nav.run()
 
-PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/enhancement.py", title="Enhancement", icon=":material/auto_fix_high:", url_path="Enhancement"),
-    st.Page("pages/segmentation.py", title="Segmentation", icon=":material/category:", url_path="Segmentation"),
-    st.Page("pages/fusion.py", title="Fusion", icon=":material/layers:", url_path="Fusion"),
-    st.Page("pages/registration.py", title="Registration", icon=":material/center_focus_strong:", url_path="Registration"),
-    st.Page("pages/recognition.py", title="Recognition", icon=":material/search:", url_path="Recognition"),
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="Dataset"),
-]
 
-if "medlens.pruned" not in st.session_state:
-    st.session_state["medlens.pruned"] = state.prune_old_sessions()
-nav = st.navigation(PAGES)
-picker.sidebar()
-nav.run()
+# Worker processes (batch map, decoder sandbox) import the parent's main script as
+# "__mp_main__"; under Streamlit that is this file. They need none of the app: skip it there.
+if __name__ != "__mp_main__":
+    main()
