@@ -144,25 +144,32 @@ def _aux(digest: str, column: str, _entry: dict[str, Any]) -> Any:
 
 
 @st.cache_data(show_spinner=False, max_entries=5000, ttl=3600)
-def _thumb_shared(digest: str, _entry: dict[str, Any]) -> np.ndarray | None:
+def _thumb_shared(digest: str, _entry: dict[str, Any]) -> bytes | None:
     return _make_thumb(_entry)
 
 
 @st.cache_data(show_spinner=False, max_entries=2000, ttl=3600, scope="session")
-def _thumb_session(digest: str, _entry: dict[str, Any]) -> np.ndarray | None:
+def _thumb_session(digest: str, _entry: dict[str, Any]) -> bytes | None:
     return _make_thumb(_entry)
 
 
-def _make_thumb(entry: dict[str, Any]) -> np.ndarray | None:
+def _make_thumb(entry: dict[str, Any]) -> bytes | None:
+    """Thumbnail as PNG bytes, encoded once (reruns then send cached bytes, not re-encode)."""
+    import io as _io
+
+    from PIL import Image as PILImage
+
     try:
         img = ds.load_entry(entry)
     except Exception:  # noqa: BLE001 - a thumbnail failure is shown as a blank tile
         return None
     plane = img.plane(img.n_planes // 2) if img.n_planes > 1 else img
-    return downsample(to_display(plane), THUMB)
+    buf = _io.BytesIO()
+    PILImage.fromarray(downsample(to_display(plane), THUMB)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
-def thumbnail(entry: dict[str, Any]) -> np.ndarray | None:
+def thumbnail(entry: dict[str, Any]) -> bytes | None:
     dig = entry_digest(entry)
     if entry.get("role") == "upload":
         return _thumb_session(dig, entry)
