@@ -14,7 +14,6 @@ overlays, clicks, measurements and ground-truth comparisons stay on the full gri
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,7 @@ from analysis import segmentation as seg
 from analysis.image import Image, content_digest
 from analysis.metrics import METRIC_INFO
 from analysis.registry import Operation, Result
-from ui import data
+from ui import data, state
 from ui.privacy import burned_in_gate, removal_preview
 from ui.common import header, safe_text
 from ui.technique import PREVIEW_SIDE, RunContext, dataset_wide, preview_image, run_steps, sweep_grid
@@ -82,20 +81,9 @@ class SegRun:
     notes: list[str] = field(default_factory=list)
 
 
-def _lru(name: str) -> OrderedDict:
-    return st.session_state.setdefault(f"{T}.{name}", OrderedDict())
-
-
 def _remember(name: str, key: Any, fn: Any, size: int = 8) -> Any:
-    lru = _lru(name)
-    if key in lru:
-        lru.move_to_end(key)
-        return lru[key]
-    val = fn()
-    lru[key] = val
-    while len(lru) > size:
-        lru.popitem(last=False)
-    return val
+    """Per-session LRU (see ``ui.state.memo``)."""
+    return state.memo(f"{T}.{name}", key, fn, size)
 
 
 def _enlarge(a: np.ndarray | None, f: int, shape: tuple[int, int]) -> np.ndarray | None:

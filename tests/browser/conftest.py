@@ -166,6 +166,21 @@ def assert_no_exception(page) -> None:  # type: ignore[no-untyped-def]
     assert page.locator('[data-testid="stException"]').count() == 0, "an exception box is on the page"
 
 
+def choose_option(page, label: str, option: str) -> None:  # type: ignore[no-untyped-def]
+    """Pick ``option`` in the selectbox labelled ``label`` (re-opens the dropdown if a rerun closed it)."""
+    wait_ready(page)
+    box = page.locator('[data-testid="stSelectbox"]', has_text=label).first
+    opt = page.get_by_role("option", name=option, exact=True).first
+    for _ in range(3):
+        box.click()
+        try:
+            opt.wait_for(state="visible", timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - the dropdown closed during a rerun; open it again
+            page.keyboard.press("Escape")
+    opt.click()
+
+
 def open_page(page, app_url: str, title: str) -> None:  # type: ignore[no-untyped-def]
     """Open the app and click a sidebar link (keeps one session, avoids deep-link 404s)."""
     page.goto(app_url)

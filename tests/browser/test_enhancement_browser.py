@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from tests.browser.conftest import assert_no_exception, open_page
+from tests.browser.conftest import choose_option, assert_no_exception, open_page
 
 # A cheap content signature of the "after" heatmap of the linked compare figure (trace 1).
 _AFTER_SIG = """() => {
@@ -22,17 +22,7 @@ _AFTER_SIG = """() => {
 
 
 def _choose(page, label: str, option: str, wait_ready) -> None:  # type: ignore[no-untyped-def]
-    wait_ready(page)
-    box = page.locator('[data-testid="stSelectbox"]', has_text=label).first
-    opt = page.get_by_role("option", name=option, exact=True).first
-    for _ in range(3):
-        box.click()
-        try:
-            opt.wait_for(state="visible", timeout=5_000)
-            break
-        except Exception:  # noqa: BLE001 - the dropdown closed during a rerun; open it again
-            page.keyboard.press("Escape")
-    opt.click()
+    choose_option(page, label, option)
 
 
 def _after_sig(page) -> str | None:  # type: ignore[no-untyped-def]

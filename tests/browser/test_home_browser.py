@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.browser.conftest import assert_no_exception, open_page, shot, wait_ready
+from tests.browser.conftest import choose_option, assert_no_exception, open_page, shot, wait_ready
 from tests.helpers.dicom import CANARIES, ct_dicom
 
 
@@ -19,17 +19,7 @@ def _plot_state(page, index: int = -1) -> dict:
 
 
 def _choose(page, label: str, option: str) -> None:
-    wait_ready(page)
-    box = page.locator('[data-testid="stSelectbox"]', has_text=label).first
-    opt = page.get_by_role("option", name=option, exact=True).first
-    for _ in range(3):
-        box.click()
-        try:
-            opt.wait_for(state="visible", timeout=5_000)
-            break
-        except Exception:  # noqa: BLE001 - the dropdown closed during a rerun; open it again
-            page.keyboard.press("Escape")
-    opt.click()
+    choose_option(page, label, option)
 
 
 def test_home_renders_gallery_and_viewer(page, app_url, console_errors):
