@@ -76,7 +76,7 @@ def main() -> None:
     pc_params = {"upsample_factor": 100, "window": False}
 
     def page_pc() -> None:
-        st.session_state.pop(U._LRU, None)  # a new result: nothing cached
+        st.session_state.pop("medlens.memo.registration", None)  # a new result: nothing cached (ui.state.memo)
         U.run_method(fixed, mg, moving.digest, "registration.phase_correlation", pc_params)
 
     def bare_pc() -> None:
