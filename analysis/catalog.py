@@ -886,13 +886,15 @@ def _is_lock_error(exc: BaseException) -> bool:
 
 
 def _try_read_only(path: Path) -> Any:
-    """A read-only connection, or None while another connection holds a conflicting lock."""
+    """A read-only connection, or None while another connection holds a conflicting lock — or
+    when the file vanished between the caller's check and the open (the writer removes its
+    snapshot when it finishes; the caller's loop then reads the catalog file itself)."""
     import duckdb
 
     try:
         return duckdb.connect(str(path), read_only=True)
     except (duckdb.IOException, duckdb.ConnectionException) as exc:
-        if not _is_lock_error(exc):
+        if not _is_lock_error(exc) and path.exists():
             raise
         return None
 

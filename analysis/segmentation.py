@@ -174,10 +174,14 @@ def _minimum(a: np.ndarray) -> float:
 
 
 def _skf(name: str) -> Callable[[np.ndarray], float]:
-    def f(a: np.ndarray) -> float:
-        import skimage.filters as skf
+    found: list[Callable[[np.ndarray], float]] = []  # resolved once (skimage.filters loads lazily)
 
-        return float(getattr(skf, f"threshold_{name}")(a))
+    def f(a: np.ndarray) -> float:
+        if not found:
+            import skimage.filters as skf
+
+            found.append(getattr(skf, f"threshold_{name}"))
+        return float(found[0](a))
 
     return f
 

@@ -31,3 +31,19 @@ def parser(desc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=desc)
     p.add_argument("--quick", action="store_true", help="fewer files / repeats")
     return p
+
+
+def once_ms(fn: Callable[[], object]) -> float:
+    """Wall time of one call, in ms."""
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000.0
+
+
+def interleaved_ms(bare: Callable[[], object], page: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Median ms of ``bare`` and ``page``, alternated call by call so machine noise hits both alike."""
+    b, p = [], []
+    for _ in range(reps):
+        b.append(once_ms(bare))
+        p.append(once_ms(page))
+    return statistics.median(b), statistics.median(p)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis import phantoms as ph  # noqa: E402
+from bench._common import interleaved_ms, once_ms  # noqa: E402
 from analysis.image import Image  # noqa: E402
 from analysis.metrics import psnr  # noqa: E402
 
@@ -78,15 +78,6 @@ def _bare_cases(a: np.ndarray) -> dict[str, tuple[str, dict, Callable[[], object
     }
 
 
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(ts)
-
-
 def speed(reps_fast: int = 15, reps_slow: int = 5) -> list[dict]:
     from ui.technique import compute
 
@@ -101,13 +92,8 @@ def speed(reps_fast: int = 15, reps_slow: int = 5) -> list[dict]:
         page = (lambda k=key, p=params, c=ctx: compute(img, k, p, **c))
         page()
         bare()  # warm both (imports, caches)
-        probe = _median_ms(bare, 1)
-        reps = reps_slow if probe > 100 else reps_fast
-        bare_ts, page_ts = [], []
-        for _ in range(reps):  # interleaved so machine noise hits both alike
-            bare_ts.append(_median_ms(bare, 1))
-            page_ts.append(_median_ms(page, 1))
-        b, p = statistics.median(bare_ts), statistics.median(page_ts)
+        reps = reps_slow if once_ms(bare) > 100 else reps_fast
+        b, p = interleaved_ms(bare, page, reps)
         rows.append({"operation": name, "bare_ms": b, "page_ms": p, "ratio": p / b})
         print(f"{name:<18} {b:9.2f} {p:9.2f} {p / b:7.2f}")
     ratios = [r["ratio"] for r in rows]

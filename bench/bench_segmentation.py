@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis import phantoms as ph  # noqa: E402
+from bench._common import interleaved_ms, once_ms  # noqa: E402
 from analysis.image import Image  # noqa: E402
 from analysis.segmentation import unit_range  # noqa: E402
 
@@ -113,15 +113,6 @@ def _cases(a: np.ndarray, quick: bool) -> dict[str, tuple[str, dict, Callable[[]
     return cases
 
 
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(ts)
-
-
 def speed(quick: bool = False) -> list[dict]:
     import logging
 
@@ -141,13 +132,9 @@ def speed(quick: bool = False) -> list[dict]:
         page = (lambda k=key, p=params, i=inp: compute(i, k, p))
         page()
         bare()  # warm both
-        probe = _median_ms(bare, 1)
+        probe = once_ms(bare)
         reps = 3 if probe > 300 else (5 if probe > 50 else (7 if quick else 21))
-        bt, pt = [], []
-        for _ in range(reps):  # interleaved so machine noise hits both alike
-            bt.append(_median_ms(bare, 1))
-            pt.append(_median_ms(page, 1))
-        b, p = statistics.median(bt), statistics.median(pt)
+        b, p = interleaved_ms(bare, page, reps)
         rows.append({"operation": name, "bare_ms": b, "page_ms": p, "ratio": p / b})
         print(f"{'':16}{name:<22} {b:9.2f} {p:9.2f} {p / b:7.2f}")
     ratios = [r["ratio"] for r in rows]
@@ -167,7 +154,7 @@ def region_table_speed() -> None:
         lab[(rr - r) ** 2 + (cc - c) ** 2 <= rad**2] = k
     inten = rng.normal(100, 10, lab.shape).astype(np.float32)
     region_table(lab, inten, SPACING)
-    t = _median_ms(lambda: region_table(lab, inten, SPACING), 5)
+    t = statistics.median(once_ms(lambda: region_table(lab, inten, SPACING)) for _ in range(5))
     print(f"region table, {len(np.unique(lab)) - 1} objects at 512² (areas, perimeters in mm, intensities): {t:.1f} ms")
 
 

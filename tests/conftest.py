@@ -12,3 +12,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("MEDLENS_HOME", tempfile.mkdtemp(prefix="medlens-test-home-"))
+
+
+def pytest_sessionstart(session):  # type: ignore[no-untyped-def]
+    """Tests that read the sample dataset never skip: build it first when it is missing
+    (`make test` has built it already; this covers a bare `pytest`). Deterministic, ~10 s."""
+    from analysis.dataset import sample_manifest_path
+
+    manifest = sample_manifest_path()
+    if not manifest.exists():
+        from data.build_sample import build
+
+        build(manifest.parent)

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -191,27 +190,32 @@ def working_entry(dataset: ds.Dataset | None = None) -> dict[str, Any] | None:
 
 def working_image() -> tuple[dict[str, Any], Image] | None:
     """(entry, 2-D plane Image) of the working image, or None with a message shown."""
-    from analysis.io import LoadError
-
     entry = working_entry()
     if entry is None:
         st.info("No working image yet: choose a dataset on the **Home** page (the sample dataset, an upload or a folder).")
         return None
+    img = _load_plane(entry, state.get(state.K_PLANE))
+    return None if img is None else (entry, img)
+
+
+def _load_plane(entry: dict[str, Any], index: int | None = None) -> Image | None:
+    """One 2-D plane of an entry (``index``, default the middle one), or None with the
+    loader's message (file name + reason) shown."""
+    from analysis.io import LoadError
+
     try:
         img = load(entry)
     except LoadError as exc:
         show_errors([{"file": exc.filename, "reason": exc.reason}])
         return None
     if img.n_planes > 1:
-        idx = int(state.get(state.K_PLANE, img.n_planes // 2) or 0)
+        idx = img.n_planes // 2 if index is None else int(index)
         img = img.plane(min(idx, img.n_planes - 1))
-    return entry, img
+    return img
 
 
 def working_pair(default_roles: tuple[str, str] = ("fixed", "moving")) -> tuple[tuple[dict, Image], tuple[dict, Image]] | None:
     """The working pair chosen on Home (or the first pair of the dataset with these roles)."""
-    from analysis.io import LoadError
-
     dataset = working_dataset()
     if dataset is None or not len(dataset):
         st.info("No working dataset: choose one on the **Home** page.")
@@ -228,13 +232,9 @@ def working_pair(default_roles: tuple[str, str] = ("fixed", "moving")) -> tuple[
     out = []
     for eid in pair:
         entry = dataset.entry(eid)
-        try:
-            img = load(entry)
-        except LoadError as exc:
-            show_errors([{"file": exc.filename, "reason": exc.reason}])
+        img = _load_plane(entry)
+        if img is None:
             return None
-        if img.n_planes > 1:
-            img = img.plane(img.n_planes // 2)
         out.append((entry, img))
     return out[0], out[1]
 

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.dataset import sample_manifest_path
+
 from analysis import catalog as cat
 from analysis.batch import SerialEngine
 from analysis.dicomwrite import deterministic_uid, read_physical, write_dicom
@@ -272,9 +274,7 @@ def test_readers_work_while_an_ingest_writes(folder, tmp_path):
 
 # ----------------------------------------------------------------------------- sample dataset
 def test_sample_dataset_ingest_matches_manifest(tmp_path):
-    man = ROOT / "data" / "sample" / "manifest.csv"
-    if not man.exists():
-        pytest.skip("sample dataset not built (make sample)")
+    man = sample_manifest_path()
     with open(man, newline="") as fh:
         rows = list(csv.DictReader(fh))
     db = tmp_path / "s.duckdb"

@@ -84,10 +84,7 @@ def test_ingest_uploads_stores_images_lists_errors_and_keeps_existing(tmp_path):
 
 
 def test_sample_manifest_has_series_volume_and_pairs():
-    path = ds.sample_manifest_path()
-    if not path.exists():
-        pytest.skip("sample dataset not built (make sample)")
-    d = ds.from_manifest(path)
+    d = ds.from_manifest(ds.sample_manifest_path())
     vols = d.entries[d.entries["role"] == "series volume"]
     assert len(vols) == 1
     vol = ds.load_entry(d.entry(vols.iloc[0]["id"]))

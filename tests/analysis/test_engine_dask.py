@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ from analysis import catalog as cat
 from analysis.batch import SerialEngine, batch_map
 from analysis.engine import DaskEngine, default_engine
 from tests.helpers.dicom import ct_dicom
+from tests.helpers.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DASK = Path(sys.executable).with_name("dask")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _folder(root: Path, n: int) -> Path:
@@ -51,9 +45,8 @@ def _table(db: Path) -> pd.DataFrame:
 @pytest.fixture
 def loopback_cluster(tmp_path):
     """A scheduler and one 2-process worker on 127.0.0.1, as separate OS processes."""
-    if not DASK.exists():
-        pytest.skip("dask CLI not installed")
-    port = _free_port()
+    assert DASK.exists(), "the `dask` CLI comes with dask[distributed], a dependency"
+    port = free_port()
     # unset Dask's malloc trim threshold in the workers (see the performance guide): a config file,
     # as an operator of an existing cluster would do (environment keys are lower-cased by Dask)
     conf = tmp_path / "dask.yaml"

@@ -187,7 +187,6 @@ def test_extract_entry_reads_png_and_mask(tmp_path):
     PILImage.fromarray(a).save(tmp_path / "img.png")
     PILImage.fromarray((a > 0).astype(np.uint8) * 255).save(tmp_path / "img_mask.png")
     entry = {"id": "x", "path": "img.png", "mask_path": "img_mask.png", "root": str(tmp_path)}
-    pytest.importorskip("analysis.io")
     row = F.extract_entry(entry, groups=("first_order", "shape"), roi="mask")
     assert row["fo_mean"] == pytest.approx(200.0) and row["fo_std"] == pytest.approx(0.0)
     assert row["shape_area_mm2"] == pytest.approx(32 * 32)  # PNG: no spacing → px²

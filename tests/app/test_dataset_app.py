@@ -9,14 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from analysis import catalog as cat
 from analysis.dataset import sample_manifest_path
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(not sample_manifest_path().exists(), reason="sample dataset not built")
 
 
 def _manifest_rows() -> int:

@@ -5,9 +5,7 @@ comparator, registers a moved PET back, and runs the dataset-wide comparison."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +17,6 @@ from analysis import fusion as F
 from analysis import registry
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def sample_dataset():
-    """The built sample dataset (built into a temp folder when the repo has none yet)."""
-    if ds.sample_manifest_path().exists():
-        yield ds.load_sample()
-        return
-    from data.build_sample import build
-
-    out = Path(tempfile.mkdtemp(prefix="medlens-sample-")) / "sample"
-    build(out)
-    old = os.environ.get("MEDLENS_SAMPLE")
-    os.environ["MEDLENS_SAMPLE"] = str(out)
-    yield ds.load_sample()
-    if old is None:
-        os.environ.pop("MEDLENS_SAMPLE", None)
-    else:
-        os.environ["MEDLENS_SAMPLE"] = old
 
 
 def _fusion_page() -> AppTest:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +19,6 @@ from analysis import features as F
 
 ROOT = Path(__file__).resolve().parents[2]
 LESION_IMAGE = "cohort_s01_z01"  # a lesion slice of the sample cohort (subject s01)
-
-
-@pytest.fixture(scope="module")
-def sample_dataset():
-    if ds.sample_manifest_path().exists():
-        yield ds.load_sample()
-        return
-    from data.build_sample import build
-
-    out = Path(tempfile.mkdtemp(prefix="medlens-sample-")) / "sample"
-    build(out)
-    old = os.environ.get("MEDLENS_SAMPLE")
-    os.environ["MEDLENS_SAMPLE"] = str(out)
-    yield ds.load_sample()
-    if old is None:
-        os.environ.pop("MEDLENS_SAMPLE", None)
-    else:
-        os.environ["MEDLENS_SAMPLE"] = old
 
 
 def _ok(at: AppTest) -> None:

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.server import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -65,47 +61,17 @@ def browser_context_args(browser_context_args):  # type: ignore[no-untyped-def]
     return {**browser_context_args, "viewport": {"width": 1500, "height": 1000}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def app_server():  # type: ignore[no-untyped-def]
     """(url, log path, home dir) of a Streamlit server for the whole browser session."""
     _require_chromium()
-    port = _free_port()
     home = tempfile.mkdtemp(prefix="medlens-browser-home-")
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "server.log"
-    env = {**os.environ, "MEDLENS_HOME": home, "PYTHONUNBUFFERED": "1"}
     fh = open(log, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.read().decode().strip() == "ok":
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early; see {log}")
-    else:
-        raise RuntimeError(f"streamlit did not become healthy; see {log}")
+    proc, url = start_server(home, fh)
     yield url, log, Path(home)
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except Exception:  # noqa: BLE001
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_server(proc)
     fh.close()
 
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-from analysis.dataset import sample_manifest_path
 from tests.browser.conftest import assert_no_exception, open_page, shot, wait_ready
 
-pytestmark = pytest.mark.skipif(not sample_manifest_path().exists(), reason="sample dataset not built")
 
 HIST_JS = """(part) => {
   const plots = [...document.querySelectorAll('.js-plotly-plot')];

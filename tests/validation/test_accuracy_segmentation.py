@@ -4,15 +4,16 @@ object count on the real nuclei image with its real instance mask."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from analysis import registry
 from analysis import segmentation as seg
-from analysis.dataset import load_aux, load_entry, load_sample, sample_manifest_path
+from analysis.dataset import load_aux, load_entry, load_sample
 from analysis.seg_metrics import dice
 
-pytestmark = pytest.mark.skipif(not sample_manifest_path().exists(), reason="sample dataset not built (make sample)")
 
 
 def test_lesion_preset_median_dice_at_least_085():
@@ -32,7 +33,11 @@ def test_watershed_preset_counts_real_nuclei_within_10_percent():
     ds = load_sample()
     recs = [r for r in ds.records() if r["id"] == "real_nuclei_bbbc038"]
     if not recs:
-        pytest.skip("nuclei image not in this sample build (stardist wheel unavailable)")
+        # `make sample` fetches the stardist wheel from PyPI; a machine without PyPI access builds
+        # the set without the nuclei image. CI always has PyPI, so there this must not skip.
+        if os.environ.get("CI"):
+            pytest.fail("nuclei image missing from the sample build on CI (stardist wheel not fetched)")
+        pytest.skip("nuclei image not in this sample build (stardist wheel could not be fetched from PyPI)")
     rec = recs[0]
     from analysis.io import load_image
     from analysis.dataset import entry_path
