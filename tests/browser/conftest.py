@@ -25,8 +25,12 @@ READY = '[data-testid="stApp"][data-test-script-state="notRunning"][data-test-co
 # - deep links to a sub-page log two 404s for /_stcore/health and /_stcore/host-config;
 # - Streamlit keeps st.image media only for the latest script run, so when a rerun replaces
 #   an image while the browser is still fetching the previous one, that stale /media/ URL 404s
-#   (the new image is shown; nothing is missing on screen).
+#   (the new image is shown; nothing is missing on screen). Streamlit's image list reports the
+#   same event a second way, as "Client Error: Image source error - <stale /media/ URL>".
+#   ``assert_images_loaded`` checks that every image left on screen did load, so these filters
+#   cannot hide an image that is really missing.
 KNOWN_404 = re.compile(r"/_stcore/(health|host-config)|/media/[0-9a-f]+\.(jpg|jpeg|png)")
+STALE_MEDIA = re.compile(r"^Client Error: Image source error - \S*/media/[0-9a-f]+\.(jpg|jpeg|png)$")
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
@@ -90,6 +94,8 @@ def console_errors(page):  # type: ignore[no-untyped-def]
             loc = (msg.location or {}).get("url", "")
             if "404" in text and KNOWN_404.search(loc + " " + text):
                 return
+            if STALE_MEDIA.match(text.strip()):
+                return
             errors.append(text)
 
     page.on("console", on_console)
@@ -130,6 +136,19 @@ def shot_fixture():  # type: ignore[no-untyped-def]
 
 def assert_no_exception(page) -> None:  # type: ignore[no-untyped-def]
     assert page.locator('[data-testid="stException"]').count() == 0, "an exception box is on the page"
+
+
+_BROKEN_IMAGES = """() => Array.from(document.querySelectorAll('[data-testid="stApp"] img'))
+    .filter(i => !i.complete || i.naturalWidth === 0).map(i => i.currentSrc || i.src)"""
+
+
+def assert_images_loaded(page, timeout: float = 15_000) -> None:  # type: ignore[no-untyped-def]
+    """Every image on screen finished loading with real pixels (none broken, none stale)."""
+    wait_ready(page)
+    try:
+        page.wait_for_function(f"() => ({_BROKEN_IMAGES})().length === 0", timeout=timeout)
+    except Exception:  # noqa: BLE001 - report which images are broken
+        raise AssertionError(f"images on screen that did not load: {page.evaluate(_BROKEN_IMAGES)}") from None
 
 
 def choose_option(page, label: str, option: str) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.browser.conftest import choose_option, assert_no_exception, open_page, shot, wait_ready
+from tests.browser.conftest import assert_images_loaded, assert_no_exception, choose_option, open_page, shot, wait_ready
 from tests.helpers.dicom import CANARIES, ct_dicom
 
 
@@ -65,4 +65,5 @@ def test_upload_dicom_preset_truncated_and_no_identifiers(page, app_url, console
     for value in CANARIES.values():
         assert value not in html and value.replace("^", " ") not in html, f"identifier {value!r} leaked to the page"
     assert_no_exception(page)
+    assert_images_loaded(page)
     assert not console_errors, console_errors

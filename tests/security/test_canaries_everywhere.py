@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
 from tests.browser.conftest import (  # noqa: F401 - fixtures used by this module
-    app_server, app_url, assert_no_exception, browser_context_args, browser_type_launch_args, console_errors,
+    app_server, app_url, assert_images_loaded, assert_no_exception, browser_context_args, browser_type_launch_args, console_errors,
     open_page, shot, wait_ready)
 from tests.helpers.dicom import CANARIES, ct_dicom
 
@@ -97,6 +97,7 @@ def test_canaries_appear_nowhere(page, app_server, console_errors, tmp_path):  #
     wait_ready(page, timeout=120_000)
     htmls["dataset"] = page.content()
     assert_no_exception(page)
+    assert_images_loaded(page)
 
     leaks = {}
     for name, html in htmls.items():
