@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import streamlit as st
-
 
 def _icon():  # type: ignore[no-untyped-def]
     """A local favicon: Material/emoji page icons make the browser fetch from the internet."""
@@ -20,6 +18,8 @@ def _icon():  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
+    import streamlit as st
+
     st.set_page_config(page_title="MedLens", page_icon=_icon(), layout="wide")
     from ui import picker, state
 
@@ -39,7 +39,9 @@ def main() -> None:
     nav.run()
 
 
-# Worker processes (batch map, decoder sandbox) import the parent's main script as
-# "__mp_main__"; under Streamlit that is this file. They need none of the app: skip it there.
+# Worker processes (batch map, Dask nanny workers, decoder sandbox) start with "spawn"/"forkserver"
+# and import the parent's main script as "__mp_main__"; under Streamlit that is this file. They
+# need none of the app: skip it there (Streamlit itself is imported in main() only, so a worker
+# does not pay for importing it).
 if __name__ != "__mp_main__":
     main()

@@ -12,6 +12,7 @@ Caching rules (Streamlit caches are shared by every user of a server):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -21,12 +22,14 @@ import streamlit as st
 
 from analysis import batch as _batch
 from analysis import dataset as ds
+from analysis import engine as _engine
 from analysis.display import downsample, to_display
 from analysis.image import Image
 from ui import state
-from ui.common import show_errors
+from ui.common import safe_text, show_errors
 
 THUMB = 96
+_log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- digests
@@ -249,6 +252,26 @@ def dataset_digest(dataset: ds.Dataset) -> str:
     return h.hexdigest()
 
 
+def dataset_engine(n_items: int) -> _batch.Engine:
+    """The engine for a dataset-wide run of ``n_items``: :func:`analysis.engine.default_engine`
+    (serial for small runs, else Dask: the shared local cluster or ``$MEDLENS_DASK_SCHEDULER``).
+    The cluster is started (or the scheduler reached) here, before any work: when that fails,
+    the run falls back to the local process pool with a one-line note naming the reason."""
+    try:
+        eng = _engine.default_engine(n_items)
+        if isinstance(eng, _engine.DaskEngine):
+            # start the local cluster / connect to the scheduler and ask for its workers now
+            with st.spinner("Connecting to the Dask cluster…" if eng.scheduler else "Starting the Dask workers…"):
+                _ = eng.client, eng.workers
+        return eng
+    except Exception as exc:  # noqa: BLE001 - any start-up failure means "no Dask for this run"
+        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        _log.warning("Dask engine unavailable, using the local process pool: %s", reason)
+        st.info(f"The Dask cluster is unavailable ({safe_text(reason, 200)}); running on this server's "
+                "process pool instead.", icon=":material/info:")
+        return _batch.default_engine(n_items)
+
+
 def run_over_dataset(
     task: Callable[[dict], dict],
     dataset: ds.Dataset,
@@ -273,7 +296,7 @@ def run_over_dataset(
     def progress(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"{label}: {done} / {total}")
 
-    df = _batch.batch_map(task, recs, progress=progress)
+    df = _batch.batch_map(task, recs, engine=dataset_engine(len(recs)), progress=progress)
     bar.empty()
     meta_cols = [c for c in ("id", "name", "label", "modality", "subject", "role") if c in dataset.entries.columns]
     meta = pd.DataFrame([{c: r.get(c, "") for c in meta_cols} for r in recs])

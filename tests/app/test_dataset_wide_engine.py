@@ -1,0 +1,125 @@
+"""Dataset-wide runs of the technique pages go through the Dask engine (issue #7): the same
+per-image rows (and error rows) as in process, ``run_over_dataset`` picks Dask for ≥ 64 items,
+and falls back to the process pool, with a note naming the reason, when Dask cannot start."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis import batch as B
+from analysis import engine as E
+from analysis import registry
+from analysis.batch import PipelineTask, SerialEngine, batch_map
+from analysis.engine import DaskEngine
+from analysis.metrics import enhancement_measure
+from tests.helpers.server import free_port
+
+
+def _default_enhancement_task() -> PipelineTask:
+    """What the Enhancement page's Dataset-wide tab runs when nothing was changed."""
+    op = registry.operations("enhancement", inputs="image")[0]
+    return PipelineTask.make([(op.key, op.defaults())], enhancement_measure)
+
+
+def test_dask_engine_gives_the_same_rows_and_errors_as_serial(sample_dataset, tmp_path):
+    (tmp_path / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage")
+    recs = sample_dataset.records() + [
+        {"id": "bad-missing", "path": "missing.dcm", "root": str(tmp_path)},
+        {"id": "bad-garbage", "path": "garbage.dcm", "root": str(tmp_path)},
+    ]
+    task = _default_enhancement_task()
+    serial = batch_map(task, recs, engine=SerialEngine())
+    eng = DaskEngine(workers=2)
+    seen: list[tuple[int, int]] = []
+    dask = batch_map(task, recs, engine=eng, progress=lambda d, t: seen.append((d, t)))
+    # the work ran in two worker processes, not here
+    pids = eng.client.run(os.getpid)
+    assert len(pids) == 2 and os.getpid() not in pids.values()
+    assert seen[0] == (0, len(recs)) and seen[-1] == (len(recs), len(recs))
+    assert len(dask) == len(recs) >= 300 and dask["item"].tolist() == [r["id"] for r in recs]
+    pd.testing.assert_frame_equal(serial, dask, check_exact=True)
+    errs = dask[dask["error"] != ""]
+    assert errs["item"].tolist() == ["bad-missing", "bad-garbage"]
+    assert (serial.loc[errs.index, "error"] == errs["error"]).all() and errs["error"].str.len().gt(0).all()
+    assert dask["rms_contrast_after"].iloc[: len(recs) - 2].notna().all()
+
+
+def _script() -> None:
+    """A page calling ``run_over_dataset`` on the first ``n`` sample images (session state)."""
+    import streamlit as st
+
+    from analysis import dataset as ds
+    from analysis.batch import PipelineTask
+    from ui import data
+
+    d = ds.load_sample()
+    n = int(st.session_state["n"])
+    df = data.run_over_dataset(PipelineTask.make([]), d, task_key=st.session_state["key"], records=d.records()[:n])
+    st.session_state["rows"] = len(df)
+    st.session_state["failed"] = int((df["error"] != "").sum())
+
+
+@pytest.fixture
+def spy(monkeypatch):  # type: ignore[no-untyped-def]
+    """Records the item counts ``analysis.engine.default_engine`` is asked for and the engines
+    ``batch_map`` receives (both still do their real work)."""
+    monkeypatch.delenv("MEDLENS_SERIAL", raising=False)
+    monkeypatch.delenv(E.ENV_SCHEDULER, raising=False)
+    monkeypatch.setattr(E, "_cpu_count", lambda: 2)  # the decision must not depend on this machine
+    calls: dict[str, list] = {"default_engine": [], "engine": []}
+    real_default, real_map = E.default_engine, B.batch_map
+
+    def default_engine(n_items, *a, **kw):  # type: ignore[no-untyped-def]
+        calls["default_engine"].append(n_items)
+        return real_default(n_items, *a, **kw)
+
+    def recording_map(func, items, **kw):  # type: ignore[no-untyped-def]
+        calls["engine"].append(kw.get("engine"))
+        return real_map(func, items, **kw)
+
+    monkeypatch.setattr(E, "default_engine", default_engine)
+    monkeypatch.setattr(B, "batch_map", recording_map)
+    return calls
+
+
+def _run(n: int) -> AppTest:
+    at = AppTest.from_function(_script, default_timeout=180)
+    at.session_state["n"] = n
+    at.session_state["key"] = f"engine-test-{uuid.uuid4()}"  # never a cached result of another test
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.session_state["rows"] == n and at.session_state["failed"] == 0
+    return at
+
+
+@pytest.mark.parametrize("n, kind", [(64, DaskEngine), (63, SerialEngine)])
+def test_run_over_dataset_uses_dask_from_64_items(spy, sample_dataset, n, kind):
+    at = _run(n)
+    assert spy["default_engine"] == [n]
+    assert len(spy["engine"]) == 1 and type(spy["engine"][0]) is kind
+    assert not at.info and not at.warning
+
+
+class _NoCluster(DaskEngine):
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("LocalCluster failed to start")
+
+
+@pytest.mark.parametrize("broken, reason", [
+    (lambda n: _NoCluster(2), "RuntimeError: LocalCluster failed to start"),
+    (lambda n: DaskEngine(scheduler=f"tcp://127.0.0.1:{free_port()}", connect_timeout=1), "OSError: Timed out"),
+], ids=["local-cluster-fails", "scheduler-unreachable"])
+def test_run_over_dataset_falls_back_to_the_process_pool_with_a_note(spy, monkeypatch, sample_dataset, broken, reason):
+    monkeypatch.setattr(E, "default_engine", broken)
+    at = _run(64)
+    assert len(spy["engine"]) == 1 and type(spy["engine"][0]) is type(B.default_engine(64))
+    assert not isinstance(spy["engine"][0], DaskEngine)
+    notes = [e.value for e in at.info] + [e.value for e in at.warning]
+    assert len(notes) == 1 and "Dask cluster is unavailable" in notes[0] and reason in notes[0], notes
+    assert "Traceback" not in notes[0] and "File \"" not in notes[0]
