@@ -76,6 +76,8 @@ THUMB = 64
 CT_AIR_HU = -900.0
 CT_SUBAIR_HU = -1100.0
 CT_PADDING_HU = -1500.0
+COMMIT_ROWS = 256  # ingest commits at least this many rows per transaction …
+COMMIT_SECONDS = 2.0  # … or what finished in this long, whichever comes first
 
 #: (column, DuckDB type) — the catalog's one table, ``images``.
 COLUMNS: list[tuple[str, str]] = [
@@ -977,6 +979,23 @@ def ingest_file(item: dict[str, Any], *, salt: bytes, max_bytes: int = 2 << 30) 
     row.update(base)
     row["status"] = "ok"
     row["error"] = None
+    return _normalise(row)
+
+
+def _normalise(row: dict[str, Any]) -> dict[str, Any]:
+    """Catalog types in the worker (finite float or None, int, str), so the writer's Arrow
+    conversion is one C call per column instead of a Python loop on the writer's core."""
+    for k, v in row.items():
+        t = COLUMN_TYPES.get(k)
+        if v is None or t is None:
+            continue
+        if t == "DOUBLE":
+            v = float(v)
+            row[k] = v if math.isfinite(v) else None
+        elif t in ("INTEGER", "BIGINT", "UBIGINT"):
+            row[k] = int(v)
+        elif t == "VARCHAR" and type(v) is not str:
+            row[k] = str(v)
     return row
 
 
@@ -1002,7 +1021,7 @@ def list_files(root: str | Path, *, use_manifest: bool = True) -> Iterator[dict[
     A ``manifest.csv`` with a ``path`` column (the sample dataset) lists the images and gives
     their ``label`` / ``role``; otherwise the folder is walked (hidden entries skipped; files
     that are plainly not images — text, CSV, JSON, NumPy, databases — skipped) and ``label``
-    is the first sub-folder's name.
+    is the first sub-folder's name. (Plain string paths: pathlib cost 0.3 ms a file here.)
     """
     root = Path(root)
     man = root / "manifest.csv"
@@ -1017,33 +1036,36 @@ def list_files(root: str | Path, *, use_manifest: bool = True) -> Iterator[dict[
                 p = root / rel
                 members = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
                 for q in members:
-                    yield _stat_item(root, q, label=r.get("label") or None, role=r.get("role") or None)
+                    yield _stat_item(str(q), q.relative_to(root).as_posix(), label=r.get("label") or None,
+                                     role=r.get("role") or None)
             return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    top = os.fspath(root)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        sub = os.path.relpath(dirpath, top)
+        sub = "" if sub == "." else sub.replace(os.sep, "/") + "/"
+        label = sub.split("/", 1)[0] if sub else None
         for fn in sorted(filenames):
             if fn.startswith(".") or fn.endswith((".nii.gz.tmp",)):
                 continue
             low = fn.lower()
-            suf = PurePosixPath(low).suffix
+            dot = low.rfind(".")
+            suf = low[dot:] if dot > 0 else ""
             if suf in SKIP_SUFFIXES or low.endswith((".duckdb.wal", ".mlimg.npz.tmp")):
                 continue
-            p = Path(dirpath) / fn
-            if p.is_symlink():
+            ap = os.path.join(dirpath, fn)
+            if os.path.islink(ap):
                 continue
-            rel = p.relative_to(root)
-            label = rel.parts[0] if len(rel.parts) > 1 else None
-            yield _stat_item(root, p, label=label, role=None)
+            yield _stat_item(ap, sub + fn, label=label, role=None)
 
 
-def _stat_item(root: Path, p: Path, *, label: str | None, role: str | None) -> dict[str, Any]:
-    rel = p.relative_to(root).as_posix()
+def _stat_item(abs_path: str, rel: str, *, label: str | None, role: str | None) -> dict[str, Any]:
     try:
-        s = p.stat()
+        s = os.stat(abs_path)
         size, mtime = int(s.st_size), int(s.st_mtime_ns)
     except OSError:
         size, mtime = None, None
-    return {"abs": str(p), "path": rel, "size": size, "mtime_ns": mtime, "label": label, "role": role}
+    return {"abs": abs_path, "path": rel, "size": size, "mtime_ns": mtime, "label": label, "role": role}
 
 
 # ============================================================================ the catalog
@@ -1319,10 +1341,17 @@ class _Writer:
 
 def _arrow_column(col: str, values: list[Any]):  # type: ignore[no-untyped-def]
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     t = COLUMN_TYPES[col]
     typ = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
            "BOOLEAN": pa.bool_(), "UBIGINT": pa.uint64(), "BLOB": pa.binary()}[t]
+    try:  # rows made by ingest_file are already normalised (finite floats or None, ints, str)
+        arr = pa.array(values, type=typ, from_pandas=True)  # from_pandas: NaN → null
+        if t != "DOUBLE" or not pc.any(pc.is_inf(arr)).as_py():
+            return arr
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError, ValueError):
+        pass
     if t == "DOUBLE":
         values = [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v) for v in values]
     elif t in ("INTEGER", "BIGINT", "UBIGINT"):
@@ -1459,16 +1488,31 @@ def ingest(
                     report.updated += 1
                 else:
                     report.added += 1
-            w.upsert([r for r in rows if not existed.get(r["path"])], replace=False)
-            w.upsert([r for r in rows if existed.get(r["path"])], replace=True)
+            pending.extend(rows)
             w.touch(rid, touched)
             report.touched += len(touched)
             done += len(results)
+            stop = should_stop is not None and should_stop()
+            if len(pending) >= commit_rows or time.monotonic() - last_commit[0] > COMMIT_SECONDS or stop:
+                flush()
             w.maybe_publish()
             if progress:
                 progress(done, len(todo))
-            if should_stop is not None and should_stop():
+            if stop:
                 raise _Stop()
+
+        pending: list[dict[str, Any]] = []
+        last_commit = [time.monotonic()]
+        commit_rows = max(batch_size, COMMIT_ROWS)
+
+        def flush() -> None:
+            """Commit the finished rows: one transaction per ≥ COMMIT_ROWS rows or COMMIT_SECONDS
+            (a kill loses at most that much work; 64-row commits cost 0.10 ms a row, 256-row 0.04)."""
+            if pending:
+                w.upsert([r for r in pending if not existed.get(r["path"])], replace=False)
+                w.upsert([r for r in pending if existed.get(r["path"])], replace=True)
+                pending.clear()
+            last_commit[0] = time.monotonic()
 
         stopped = False
         if todo:
@@ -1476,6 +1520,8 @@ def ingest(
                 engine.map_chunks(func, chunks, on_chunk)
             except _Stop:
                 stopped = True
+            finally:
+                flush()  # whatever finished is kept, also when the run is interrupted
         if not stopped:
             if prune:
                 report.removed = w.delete_missing(rid, present)

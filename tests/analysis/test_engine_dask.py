@@ -136,8 +136,9 @@ def test_local_cluster_default_and_per_item_errors():
     assert set(env.values()) == {None}
 
 
-def test_small_chunks_are_merged_into_tasks_of_at_least_50_items():
-    eng = DaskEngine(workers=2)  # no cluster is started for planning
+def test_small_chunks_are_merged_into_tasks_of_min_batch_items():
+    assert [len(b) for b in DaskEngine(workers=2)._batches([[(i, i) for i in range(5000)]])][:2] == [128, 128]
+    eng = DaskEngine(workers=2, min_batch=50)  # no cluster is started for planning
     chunks = [[(i, i) for i in range(k, min(k + 7, 1000))] for k in range(0, 1000, 7)]
     sizes = [len(b) for b in eng._batches(chunks)]
     assert sum(sizes) == 1000 and set(sizes[:-1]) == {50}
