@@ -165,18 +165,14 @@ def root_id_for(root: str | Path) -> str:
 # ============================================================================ statistics
 def _percentiles_from_hist(values: np.ndarray, counts: np.ndarray, qs: Sequence[float]) -> list[float]:
     """``np.percentile(data, qs)`` (linear rule) from sorted distinct values and their counts."""
-    n = int(counts.sum())
     cs = np.cumsum(counts)
-    out = []
-    for q in qs:
-        pos = q / 100.0 * (n - 1)
-        k = int(math.floor(pos))
-        f = pos - k
-        i0 = int(np.searchsorted(cs, k, side="right"))
-        i1 = int(np.searchsorted(cs, min(k + 1, n - 1), side="right"))
-        v0, v1 = float(values[i0]), float(values[i1])
-        out.append(v0 + f * (v1 - v0) if f else v0)
-    return out
+    n = int(cs[-1])
+    pos = np.asarray(qs, dtype=np.float64) / 100.0 * (n - 1)
+    k = np.floor(pos).astype(np.int64)
+    f = pos - k
+    v0 = values[np.searchsorted(cs, k, side="right")]
+    v1 = values[np.searchsorted(cs, np.minimum(k + 1, n - 1), side="right")]
+    return [float(a + w * (b - a)) if w else float(a) for a, b, w in zip(v0, v1, f)]
 
 
 def _weighted_hist256(values: np.ndarray, weights: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -727,14 +723,10 @@ def _native_pixels(data: bytes, pos: int, h: _Header, ts_uid: str | None) -> np.
             start = pos + 8
     if length == 0xFFFFFFFF:
         return None
-    spp = h.integer("SamplesPerPixel") or 1
-    rows, cols = h.integer("Rows") or 0, h.integer("Columns") or 0
-    frames = h.integer("NumberOfFrames") or 1
-    ba, bs = h.integer("BitsAllocated"), h.integer("BitsStored")
-    pr = h.integer("PixelRepresentation") or 0
-    if spp != 1 or ba not in (8, 16, 32) or rows <= 0 or cols <= 0 or frames < 1:
+    geo = _grey_geometry(h)
+    if geo is None:
         return None
-    bs = bs if bs and 0 < bs <= ba else ba
+    rows, cols, frames, ba, bs, pr = geo
     count = rows * cols * frames
     dtype = np.dtype(f"<{'i' if pr else 'u'}{ba // 8}")
     if min(length, len(data) - start) < count * dtype.itemsize:
@@ -743,15 +735,68 @@ def _native_pixels(data: bytes, pos: int, h: _Header, ts_uid: str | None) -> np.
         raise LoadError("", f"pixel data is shorter than Rows × Columns × frames says "
                             f"({len(data) - start} of {count * dtype.itemsize} bytes): the file is truncated")
     a = np.frombuffer(data, dtype=dtype, count=count, offset=start)
-    a = a.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
+    return _bits_stored(a.reshape((frames, rows, cols) if frames > 1 else (rows, cols)), ba, bs, pr)
+
+
+def _grey_geometry(h: _Header) -> tuple[int, int, int, int, int, int] | None:
+    """(rows, cols, frames, bits allocated, bits stored, pixel representation) of a one-sample
+    image with 8/16/32-bit pixels, else None."""
+    spp = h.integer("SamplesPerPixel") or 1
+    rows, cols = h.integer("Rows") or 0, h.integer("Columns") or 0
+    frames = h.integer("NumberOfFrames") or 1
+    ba, bs = h.integer("BitsAllocated"), h.integer("BitsStored")
+    pr = h.integer("PixelRepresentation") or 0
+    if spp != 1 or ba not in (8, 16, 32) or rows <= 0 or cols <= 0 or frames < 1 or pr not in (0, 1):
+        return None
+    return rows, cols, frames, ba, (bs if bs and 0 < bs <= ba else ba), pr
+
+
+def _bits_stored(a: np.ndarray, ba: int, bs: int, pr: int) -> np.ndarray:
+    """Keep the BitsStored low bits (unsigned) or sign-extend them (signed), as pydicom does."""
     if bs < ba:
         lo, hi = int(a.min()), int(a.max())
         if pr == 0 and hi >= (1 << bs):
-            a = a & dtype.type((1 << bs) - 1)
+            a = a & a.dtype.type((1 << bs) - 1)
         elif pr == 1 and (lo < -(1 << (bs - 1)) or hi >= (1 << (bs - 1))):
             shift = ba - bs
             a = np.right_shift(np.left_shift(a, shift), shift)
     return a
+
+
+_RLE = "1.2.840.10008.1.2.5"
+
+
+def _rle_pixels(data: bytes, pos: int, h: _Header, ts_uid: str | None) -> np.ndarray | None:
+    """RLE Lossless greyscale decoded straight with pylibjpeg-rle (the codec pydicom itself
+    calls), without a second full ``dcmread``; None means "use pydicom's pipeline"."""
+    if ts_uid != _RLE or len(data) < pos + 12 or data[pos: pos + 4] != b"\xe0\x7f\x10\x00" \
+            or data[pos + 4: pos + 6] not in (b"OB", b"OW"):
+        return None
+    if _U32.unpack_from(data, pos + 8)[0] != 0xFFFFFFFF:
+        return None
+    geo = _grey_geometry(h)
+    if geo is None:
+        return None
+    rows, cols, frames, ba, bs, pr = geo
+    try:
+        from pydicom.encaps import generate_frames
+        from rle.utils import decode_frame
+    except ImportError:  # pragma: no cover - the codec is a declared dependency
+        return None
+    dtype = np.dtype(f"<{'i' if pr else 'u'}{ba // 8}")
+    planes = []
+    try:
+        for frame in generate_frames(data[pos + 12:], number_of_frames=frames):
+            raw = decode_frame(frame, rows * cols, ba, "<")
+            planes.append(np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols))
+            if len(planes) == frames:
+                break
+    except Exception:  # noqa: BLE001 - damaged data: pydicom's pipeline gives the reason
+        return None
+    if len(planes) != frames:
+        return None
+    a = planes[0] if frames == 1 else np.stack(planes)
+    return _bits_stored(a, ba, bs, pr)
 
 
 def _dicom_image(data: bytes, name: str, salt: bytes) -> dict[str, Any]:
@@ -786,6 +831,8 @@ def _dicom_image(data: bytes, name: str, salt: bytes) -> dict[str, Any]:
         stored = _native_pixels(data, pos, h, ts_uid)
     except LoadError as exc:
         raise LoadError(name, exc.reason) from None
+    if stored is None and ts_uid == _RLE:
+        stored = _rle_pixels(data, pos, h, ts_uid)
     slope = row["rescale_slope"] if row["rescale_slope"] not in (None, 0) else 1.0
     icpt = row["rescale_intercept"] if row["rescale_intercept"] is not None else 0.0
     if stored is None or row["has_modality_lut"]:

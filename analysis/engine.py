@@ -55,6 +55,26 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _one_thread_plugin_class():  # type: ignore[no-untyped-def]
+    from distributed import WorkerPlugin
+
+    class OneThreadPerWorker(WorkerPlugin):
+        """Every worker of the local cluster — also one the nanny restarts after a crash — runs
+        :func:`analysis.batch._worker_init` (OpenCV / BLAS on one thread), as the process pool's
+        initializer does: the cluster already has a worker per core."""
+
+        def setup(self, worker) -> None:  # type: ignore[no-untyped-def]
+            from analysis.batch import _worker_init
+
+            _worker_init()
+
+    return OneThreadPerWorker
+
+
+def _OneThreadPerWorker():  # type: ignore[no-untyped-def]
+    return _one_thread_plugin_class()()
+
+
 _LOCAL: dict[int, Any] = {}
 _LOCAL_LOCK = threading.Lock()
 
@@ -73,6 +93,7 @@ def _local_client(workers: int):  # type: ignore[no-untyped-def]
                                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
         client = Client(cluster, set_as_default=False)
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # the nanny leaks it into this process
+        client.register_plugin(_OneThreadPerWorker(), name="medlens-one-thread")
         _LOCAL[workers] = client
         return client
 
@@ -252,9 +273,12 @@ def _takes_n_workers() -> bool:
     return "n_workers" in inspect.signature(Client.scheduler_info).parameters
 
 
-def default_engine(n_items: int, workers: int | None = None, *, scheduler: str | None = None) -> Any:
+def default_engine(n_items: int, workers: int | None = None, *, scheduler: str | None = None,
+                   min_items: int = 64) -> Any:
     """Serial for small batches (cluster start-up would dominate); else Dask.
 
+    ``min_items``: the smallest run worth the cluster — 64 for cheap items such as catalog
+    files (~1 ms each); callers with costly items (a registration, ~0.5 s) pass fewer.
     ``scheduler`` (or ``$MEDLENS_DASK_SCHEDULER``) selects an existing cluster.
     ``MEDLENS_SERIAL=1`` forces in-process work.
     """
@@ -264,6 +288,6 @@ def default_engine(n_items: int, workers: int | None = None, *, scheduler: str |
     if scheduler:
         return DaskEngine(scheduler=scheduler)
     workers = workers or _cpu_count()
-    if os.environ.get("MEDLENS_SERIAL") == "1" or workers <= 1 and n_items < 200 or n_items < 64:
+    if os.environ.get("MEDLENS_SERIAL") == "1" or workers <= 1 and n_items < 200 or n_items < min_items:
         return SerialEngine()
     return DaskEngine(workers)

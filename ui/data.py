@@ -12,6 +12,7 @@ Caching rules (Streamlit caches are shared by every user of a server):
 from __future__ import annotations
 
 import hashlib
+import time
 import logging
 import os
 from pathlib import Path
@@ -257,19 +258,30 @@ def dataset_engine(n_items: int) -> _batch.Engine:
     (serial for small runs, else Dask: the shared local cluster or ``$MEDLENS_DASK_SCHEDULER``).
     The cluster is started (or the scheduler reached) here, before any work: when that fails,
     the run falls back to the local process pool with a one-line note naming the reason."""
+    failed = _DASK_FAILED.get("until", 0.0) > time.monotonic()
     try:
-        eng = _engine.default_engine(n_items)
+        if failed:
+            raise RuntimeError(_DASK_FAILED.get("reason", "it did not start"))
+        # technique items cost 10 ms – 1 s each: the cluster pays off from a few items on
+        eng = _engine.default_engine(n_items, min_items=DASK_MIN_ITEMS)
         if isinstance(eng, _engine.DaskEngine):
             # start the local cluster / connect to the scheduler and ask for its workers now
             with st.spinner("Connecting to the Dask cluster…" if eng.scheduler else "Starting the Dask workers…"):
                 _ = eng.client, eng.workers
         return eng
     except Exception as exc:  # noqa: BLE001 - any start-up failure means "no Dask for this run"
-        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-        _log.warning("Dask engine unavailable, using the local process pool: %s", reason)
+        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":") if not failed else str(exc)
+        if not failed:  # remember for a minute: an unreachable scheduler costs its whole timeout
+            _DASK_FAILED.update(until=time.monotonic() + DASK_RETRY_S, reason=reason)
+            _log.warning("Dask engine unavailable, using the local process pool: %s", reason)
         st.info(f"The Dask cluster is unavailable ({safe_text(reason, 200)}); running on this server's "
                 "process pool instead.", icon=":material/info:")
         return _batch.default_engine(n_items)
+
+
+DASK_MIN_ITEMS = 8
+DASK_RETRY_S = 60.0
+_DASK_FAILED: dict[str, object] = {}
 
 
 def run_over_dataset(

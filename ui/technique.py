@@ -770,7 +770,9 @@ def _box_inputs(t: str, image: Image) -> tuple[tuple[int, ...], tuple[int, ...]]
             vals = []
             for j, (lab, lim) in enumerate((("r0", m), ("c0", n), ("r1", m), ("c1", n))):
                 k = f"{t}.box.{name}.{lab}.{sub}"
-                vals.append(int(cols[j].number_input(lab, 0, int(lim), int(default[j]), key=k)))
+                if k not in st.session_state:  # set once here: box-select writes the same key
+                    st.session_state[k] = int(default[j])
+                vals.append(int(cols[j].number_input(lab, 0, int(lim), key=k)))
             out.append(tuple(vals))
         st.radio("Box select sets", ["roi", "background"], key=f"{t}.box.target", horizontal=True,
                  format_func=lambda s: "ROI" if s == "roi" else "background")

@@ -115,3 +115,49 @@ def test_damaged_headers_fall_back_or_fail_with_a_reason(seed, tmp_path):  # typ
         assert row["status"] == "ok" or row["error"], row
         outcomes.add(row["status"])
     assert outcomes == {"ok", "failed"}  # the mutations both break files and leave some readable
+
+
+def test_rle_fast_path_equals_pydicom_pixel_array():  # type: ignore[no-untyped-def]
+    checked = 0
+    for p in sorted(TEST_FILES.rglob("*")):
+        if not p.is_file():
+            continue
+        data = p.read_bytes()
+        w = cat._walk_header(data)
+        if w is None or w[2] != cat._RLE:
+            continue
+        got = cat._rle_pixels(data, w[1], cat._Header(raw=w[0]), w[2])
+        ref = pydicom.dcmread(p).pixel_array
+        if got is None:  # colour / other layouts go through pydicom's pipeline
+            assert ref.ndim >= 3 and ref.shape[-1] == 3 or pydicom.dcmread(p).SamplesPerPixel != 1, p.name
+            continue
+        assert got.dtype == ref.dtype and np.array_equal(got, ref), p.name
+        checked += 1
+    assert checked >= 3, checked
+
+
+@pytest.mark.parametrize("signed, frames", [(True, 1), (False, 3)])
+def test_rle_fast_path_on_encoded_ct(tmp_path, signed, frames):  # type: ignore[no-untyped-def]
+    from pydicom.uid import RLELossless
+
+    from tests.helpers.dicom import ct_dicom
+
+    rng = np.random.default_rng(3)
+    shape = (frames, 40, 48) if frames > 1 else (40, 48)
+    lo, hi = (-1024, 2047) if signed else (0, 4095)
+    arr = rng.integers(lo, hi + 1, size=shape).astype(np.int16 if signed else np.uint16)
+    ct_dicom(tmp_path / "ct.dcm")
+    ds = pydicom.dcmread(tmp_path / "ct.dcm")
+    ds.PixelRepresentation = int(signed)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.Rows, ds.Columns = shape[-2], shape[-1]
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.compress(RLELossless, arr)
+    f = tmp_path / "rle.dcm"
+    ds.save_as(f)
+    data = f.read_bytes()
+    w = cat._walk_header(data)
+    assert w is not None and w[2] == cat._RLE
+    got = cat._rle_pixels(data, w[1], cat._Header(raw=w[0]), w[2])
+    assert got is not None and np.array_equal(got, arr) and np.array_equal(got, pydicom.dcmread(f).pixel_array)

@@ -1,6 +1,7 @@
 """Dataset-wide runs of the technique pages go through the Dask engine (issue #7): the same
-per-image rows (and error rows) as in process, ``run_over_dataset`` picks Dask for ≥ 64 items,
-and falls back to the process pool, with a note naming the reason, when Dask cannot start."""
+per-image rows (and error rows) as in process, ``run_over_dataset`` picks Dask for ≥ 8 items
+(technique items are costly), and falls back to the process pool, with a note naming the
+reason, when Dask cannot start — remembering the failure instead of waiting for it again."""
 
 from __future__ import annotations
 
@@ -49,19 +50,27 @@ def test_dask_engine_gives_the_same_rows_and_errors_as_serial(sample_dataset, tm
     assert dask["rms_contrast_after"].iloc[: len(recs) - 2].notna().all()
 
 
-def _script() -> None:
-    """A page calling ``run_over_dataset`` on the first ``n`` sample images (session state)."""
-    import streamlit as st
+# A page calling ``run_over_dataset`` on the first ``n`` sample images (from session state).
+# Guarded like app.py: process-pool and Dask workers re-import the main script as "__mp_main__".
+_SCRIPT = """
+import streamlit as st
 
-    from analysis import dataset as ds
-    from analysis.batch import PipelineTask
-    from ui import data
+from analysis import dataset as ds
+from analysis.batch import PipelineTask
+from ui import data
 
+
+def page():
     d = ds.load_sample()
     n = int(st.session_state["n"])
     df = data.run_over_dataset(PipelineTask.make([]), d, task_key=st.session_state["key"], records=d.records()[:n])
     st.session_state["rows"] = len(df)
     st.session_state["failed"] = int((df["error"] != "").sum())
+
+
+if __name__ != "__mp_main__":
+    page()
+"""
 
 
 @pytest.fixture
@@ -71,6 +80,9 @@ def spy(monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.delenv("MEDLENS_SERIAL", raising=False)
     monkeypatch.delenv(E.ENV_SCHEDULER, raising=False)
     monkeypatch.setattr(E, "_cpu_count", lambda: 2)  # the decision must not depend on this machine
+    from ui import data as ui_data
+
+    ui_data._DASK_FAILED.clear()  # no failure remembered from another test
     calls: dict[str, list] = {"default_engine": [], "engine": []}
     real_default, real_map = E.default_engine, B.batch_map
 
@@ -88,7 +100,7 @@ def spy(monkeypatch):  # type: ignore[no-untyped-def]
 
 
 def _run(n: int) -> AppTest:
-    at = AppTest.from_function(_script, default_timeout=180)
+    at = AppTest.from_string(_SCRIPT, default_timeout=180)
     at.session_state["n"] = n
     at.session_state["key"] = f"engine-test-{uuid.uuid4()}"  # never a cached result of another test
     at.run()
@@ -97,12 +109,22 @@ def _run(n: int) -> AppTest:
     return at
 
 
-@pytest.mark.parametrize("n, kind", [(64, DaskEngine), (63, SerialEngine)])
-def test_run_over_dataset_uses_dask_from_64_items(spy, sample_dataset, n, kind):
+@pytest.mark.parametrize("n, kind", [(8, DaskEngine), (7, SerialEngine)])
+def test_run_over_dataset_uses_dask_from_8_items(spy, sample_dataset, n, kind):
     at = _run(n)
     assert spy["default_engine"] == [n]
-    assert len(spy["engine"]) == 1 and type(spy["engine"][0]) is kind
+    eng = spy["engine"][0]
+    assert len(spy["engine"]) == 1 and type(eng) is kind
     assert not at.info and not at.warning
+    if kind is DaskEngine:
+        # its local workers run OpenCV single-threaded, like the process pool's (no oversubscription)
+        assert set(eng.client.run(_cv2_threads).values()) == {1}
+
+
+def _cv2_threads() -> int:
+    import cv2
+
+    return cv2.getNumThreads()
 
 
 class _NoCluster(DaskEngine):
@@ -112,14 +134,20 @@ class _NoCluster(DaskEngine):
 
 
 @pytest.mark.parametrize("broken, reason", [
-    (lambda n: _NoCluster(2), "RuntimeError: LocalCluster failed to start"),
-    (lambda n: DaskEngine(scheduler=f"tcp://127.0.0.1:{free_port()}", connect_timeout=1), "OSError: Timed out"),
+    (lambda n, **kw: _NoCluster(2), "RuntimeError: LocalCluster failed to start"),
+    (lambda n, **kw: DaskEngine(scheduler=f"tcp://127.0.0.1:{free_port()}", connect_timeout=1), "OSError: Timed out"),
 ], ids=["local-cluster-fails", "scheduler-unreachable"])
 def test_run_over_dataset_falls_back_to_the_process_pool_with_a_note(spy, monkeypatch, sample_dataset, broken, reason):
     monkeypatch.setattr(E, "default_engine", broken)
     at = _run(64)
     assert len(spy["engine"]) == 1 and type(spy["engine"][0]) is type(B.default_engine(64))
     assert not isinstance(spy["engine"][0], DaskEngine)
-    notes = [e.value for e in at.info] + [e.value for e in at.warning]
+    notes = [e.value.replace("\\", "") for e in [*at.info, *at.warning]]  # Markdown escapes removed
     assert len(notes) == 1 and "Dask cluster is unavailable" in notes[0] and reason in notes[0], notes
     assert "Traceback" not in notes[0] and "File \"" not in notes[0]
+    # the next run within a minute does not try (and wait for) the broken cluster again
+    tried = []
+    monkeypatch.setattr(E, "default_engine", lambda n, **kw: tried.append(n) or broken(n))
+    at = _run(64)
+    assert tried == [] and not isinstance(spy["engine"][-1], DaskEngine)
+    assert reason in [e.value.replace("\\", "") for e in at.info][0]
