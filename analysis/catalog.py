@@ -641,9 +641,13 @@ def _uid_name(uid: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def _standard_uid_name(uid: str) -> str:
+    import warnings
+
     from analysis.privacy import uid_name  # the one rule: standard UIDs by name only, never the UID
 
-    return uid_name(uid)
+    with warnings.catch_warnings():  # pydicom warns about malformed UIDs; the answer is "private"
+        warnings.simplefilter("ignore")
+        return uid_name(uid)
 
 
 def _dicom_row(h: _Header, salt: bytes, ts_uid: str | None) -> dict[str, Any]:

@@ -94,6 +94,7 @@ def test_walk_skips_undefined_length_sequences():  # type: ignore[no-untyped-def
     assert found >= 3
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's own warnings about the damage
 @pytest.mark.parametrize("seed", range(4))
 def test_damaged_headers_fall_back_or_fail_with_a_reason(seed, tmp_path):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
