@@ -161,12 +161,20 @@ _CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_TEXT = 128
 
 
+_SUBSTRING_MIN = 6
+
+
 def clean_text(text: Any, *, forbidden: Iterable[str] = (), max_len: int = _MAX_TEXT) -> str:
     """A single-line string: control characters removed, length capped, forbidden
-    substrings (identifier values, case-insensitive, ≥ 3 characters) replaced by ``[removed]``."""
+    identifier values (case-insensitive, ≥ 3 characters) replaced by ``[removed]``.
+
+    Values of 6 characters or more are removed wherever they occur (an ID glued to other
+    text); shorter ones only as whole words, so that a 3-letter name part does not eat into
+    ordinary words ("Med" in "Medical")."""
     s = _CTRL.sub(" ", str(text)).strip()
     for word in sorted({w for w in forbidden if w and len(w) >= 3}, key=len, reverse=True):
-        s = re.sub(re.escape(word), "[removed]", s, flags=re.IGNORECASE)
+        pat = re.escape(word) if len(word) >= _SUBSTRING_MIN else rf"(?<![0-9A-Za-z]){re.escape(word)}(?![0-9A-Za-z])"
+        s = re.sub(pat, "[removed]", s, flags=re.IGNORECASE)
     if len(s) > max_len:
         s = s[: max_len - 1] + "…"
     return s

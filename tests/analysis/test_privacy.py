@@ -210,6 +210,15 @@ def test_clean_text_scrubs_identifiers_and_control_characters():
     assert len(privacy.clean_text("x" * 500)) == 128
 
 
+def test_clean_text_short_name_parts_only_as_whole_words():
+    # a 3-letter name part must not eat into ordinary words; long IDs go wherever they are glued
+    forbidden = ["Med", "Li", "AB123456"]
+    assert privacy.clean_text("GE Medical Systems", forbidden=forbidden) == "GE Medical Systems"
+    assert privacy.clean_text("brain MR for med, li", forbidden=forbidden) == "brain MR for [removed], li"
+    assert privacy.clean_text("series_AB123456x", forbidden=forbidden) == "series_[removed]x"
+    assert privacy.clean_text("MED-scan", forbidden=forbidden) == "[removed]-scan"
+
+
 # ---------------------------------------------------------------------------- pseudonyms
 def test_pseudonym_is_keyed_stable_and_not_the_value():
     a = pseudonym("CANARY-PID-4471", "salt-1")
