@@ -17,6 +17,7 @@ For the common case — load an entry, run an operation chain, measure — use
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing as mp
 import os
@@ -232,6 +233,21 @@ def batch_map(
 
 
 # ----------------------------------------------------------------------------- tasks
+def _freeze(v: Any) -> Any:
+    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_plane(frozen_entry: tuple[tuple[str, Any], ...]) -> np.ndarray:
+    """Middle plane (greyscale, physical units) of a reference entry, loaded once per worker."""
+    from analysis.dataset import load_entry
+
+    entry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in frozen_entry}
+    ref = load_entry(entry)
+    plane = ref.plane(ref.n_planes // 2) if ref.n_planes > 1 else ref
+    return plane.grey()
+
+
 @dataclass(frozen=True)
 class PipelineTask:
     """Load a dataset entry, run an operation chain on one plane, measure.
@@ -245,11 +261,17 @@ class PipelineTask:
     steps: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     measure: Callable[..., dict] | None = None
     plane: str = "middle"  # which plane of volumes / multi-frame
+    #: a dataset entry (frozen) whose middle plane is the ``reference`` context of every image
+    #: (e.g. histogram matching of the whole dataset to one chosen image)
+    reference: tuple[tuple[str, Any], ...] | None = None
 
     @staticmethod
-    def make(steps: Sequence[tuple[str, dict]], measure: Callable[..., dict] | None = None) -> "PipelineTask":
+    def make(steps: Sequence[tuple[str, dict]], measure: Callable[..., dict] | None = None,
+             reference: dict | None = None) -> "PipelineTask":
         frozen = tuple((k, tuple(sorted((p or {}).items()))) for k, p in steps)
-        return PipelineTask(steps=frozen, measure=measure)
+        ref = (tuple(sorted((k, _freeze(v)) for k, v in reference.items() if not isinstance(v, dict)))
+               if reference else None)
+        return PipelineTask(steps=frozen, measure=measure, reference=ref)
 
     def __call__(self, entry: dict) -> dict:
         from analysis.dataset import load_entry
@@ -259,7 +281,10 @@ class PipelineTask:
         plane = image.plane(image.n_planes // 2) if image.n_planes > 1 else image
         before = plane.grey()
         steps = [(k, dict(p)) for k, p in self.steps]
-        result = run_chain(steps, before, spacing=plane.spacing, units=plane.units)
+        context: dict[str, Any] = {}
+        if self.reference is not None:
+            context["reference"] = _reference_plane(self.reference)
+        result = run_chain(steps, before, spacing=plane.spacing, units=plane.units, **context)
         if self.measure is not None:
             return dict(self.measure(before, result, entry, plane))
         out = result.primary if result.primary is not None else before

@@ -423,19 +423,28 @@ def _paired_metrics(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 def dataset_wide(steps: list[tuple[str, dict]], measure: Callable[..., dict] | None, key: str,
                  group_cols: tuple[str, ...] = ("label", "modality", "role"),
-                 default_metric: str | None = None) -> pd.DataFrame | None:
+                 default_metric: str | None = None, reference: dict[str, Any] | None = None) -> pd.DataFrame | None:
     """Run ``steps`` over the working dataset (batch map, progress, cached), chart every
     metric before vs after (box or violin) grouped by a chosen column, list errors and the
-    images where the pipeline did worst / best (click to make them the working image)."""
+    images where the pipeline did worst / best (click to make them the working image).
+    ``reference``: the dataset entry every image is matched to (operations taking a reference)."""
     dataset = data.working_dataset()
     if dataset is None or not len(dataset):
         st.info("No working dataset.")
         return None
+    needs_ref = any("reference" in registry.get(k).context for k, _ in steps)
+    if needs_ref and reference is None:
+        st.info("This pipeline needs a reference image: choose one in the panel on the left first.")
+        return None
+    reference = reference if needs_ref else None
     measure = measure or basic_measure
-    task = PipelineTask.make(steps, measure)
-    task_key = json.dumps([steps, f"{measure.__module__}.{measure.__qualname__}"], sort_keys=True, default=str)
+    task = PipelineTask.make(steps, measure, reference=reference)
+    ref_key = [str(reference.get("id")), data.entry_digest(reference)] if reference else None
+    task_key = json.dumps([steps, f"{measure.__module__}.{measure.__qualname__}", ref_key], sort_keys=True, default=str)
     run_key = f"{key}.ran"
     desc = Pipeline.of(steps).describe() if steps else "(no steps)"
+    if reference is not None:
+        desc += f", every image matched to reference {plain_name(str(reference.get('name', '')), 60)}"
     st.caption(f"Runs **{safe_text(desc, 300)}** on every image of the working dataset (in parallel, cached by "
                "content + parameters; volumes use their middle slice).")
     if st.button(f"Run on all {len(dataset)} images", key=f"{key}.go", type="primary"):
@@ -734,7 +743,7 @@ def _operation_panel(spec: TechniqueSpec, ops: list[Operation], image: Image) ->
     return op, params, preview
 
 
-def _reference_panel(t: str, entry: dict[str, Any]) -> Image | None:
+def _reference_panel(t: str, entry: dict[str, Any]) -> tuple[dict[str, Any], Image] | None:
     dataset = data.working_dataset()
     if dataset is None:
         return None
@@ -749,12 +758,13 @@ def _reference_panel(t: str, entry: dict[str, Any]) -> Image | None:
     if st.session_state.get(f"{t}.reference") not in ids:
         st.session_state[f"{t}.reference"] = default
     rid = st.selectbox("Reference image", ids, format_func=lambda i: plain_name(names.get(i, i), 60), key=f"{t}.reference")
+    ref_entry = dataset.entry(rid)
     try:
-        ref = data.load(dataset.entry(rid))
+        ref = data.load(ref_entry)
     except Exception as exc:  # noqa: BLE001
         st.error(f"Cannot load the reference: {safe_text(str(exc), 200)}")
         return None
-    return ref.plane(ref.n_planes // 2) if ref.n_planes > 1 else ref
+    return ref_entry, (ref.plane(ref.n_planes // 2) if ref.n_planes > 1 else ref)
 
 
 def _box_inputs(t: str, image: Image) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -831,10 +841,11 @@ def technique_page(spec: TechniqueSpec) -> None:
     with left:
         op, params, preview = _operation_panel(spec, ops, image)
         context: dict[str, Any] = {}
+        ref_entry: dict[str, Any] | None = None
         if "reference" in op.context:
-            ref = _reference_panel(t, entry)
-            if ref is not None:
-                context["reference"] = ref
+            got_ref = _reference_panel(t, entry)
+            if got_ref is not None:
+                ref_entry, context["reference"] = got_ref
         pipe, show = pipeline_panel(t, op, params)
         roi = bg = None
         if spec.cnr_boxes:
@@ -915,7 +926,8 @@ def technique_page(spec: TechniqueSpec) -> None:
         "Histograms & profile": hist_profile,
         "A/B": lambda _: ab_view(t, ops, run, tile_metrics, (op.key, params)),
         "Sweep grid": sweep,
-        "Dataset-wide": lambda _: dataset_wide(steps, spec.measure, key=f"{t}.ds", group_cols=spec.group_cols),
+        "Dataset-wide": lambda _: dataset_wide(steps, spec.measure, key=f"{t}.ds", group_cols=spec.group_cols,
+                                               reference=ref_entry),
     }
     if spec.exports:
         views["Export"] = lambda _: export_panel(t, run, steps, nums) if result is not None else None

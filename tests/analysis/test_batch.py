@@ -68,3 +68,38 @@ def test_tasks_are_picklable():
     task = PipelineTask.make([("enhancement.gamma", {"gamma": 0.5})])
     assert pickle.loads(pickle.dumps(task)) == task
     assert pickle.loads(pickle.dumps(functools.partial(square)))({"x": 2})["y"] == 4
+
+
+def test_pipeline_task_matches_every_image_to_one_reference():  # type: ignore[no-untyped-def]
+    """Histogram matching over a dataset: each output's quantiles are the reference's."""
+    from analysis.batch import PipelineTask, SerialEngine, batch_map
+    from analysis.dataset import load_entry, load_sample
+
+    d = load_sample()
+    recs = [r for r in d.records() if r.get("modality") == "CT"][:6]
+    ref_entry = [r for r in d.records() if r.get("modality") == "MR"][0]
+    ref = load_entry(ref_entry)
+    ref_plane = (ref.plane(ref.n_planes // 2) if ref.n_planes > 1 else ref).grey()
+
+    def quantiles(a):  # type: ignore[no-untyped-def]
+        return np.quantile(np.asarray(a, np.float64), [0.1, 0.5, 0.9])
+
+    task = PipelineTask.make([("enhancement.match_histogram", {})], _quantile_measure, reference=ref_entry)
+    df = batch_map(task, recs, engine=SerialEngine())
+    assert (df["error"] == "").all(), df["error"].tolist()
+    want = quantiles(ref_plane)
+    span = float(ref_plane.max() - ref_plane.min())
+    for _, row in df.iterrows():
+        got = np.array([row["q0"], row["q1"], row["q2"]])
+        assert np.allclose(got, want, atol=0.02 * span), (got, want)
+    # the CT inputs were nowhere near the MR reference's range before matching
+    ct = load_entry(recs[0])
+    assert not np.allclose(quantiles(ct.grey() if ct.n_planes == 1 else ct.plane(0).grey()), want, atol=0.02 * span)
+    # without the reference the same task fails on every image, naming the parameter
+    bare = batch_map(PipelineTask.make([("enhancement.match_histogram", {})]), recs[:2], engine=SerialEngine())
+    assert bare["error"].str.contains("reference").all()
+
+
+def _quantile_measure(before, result, entry, image):  # type: ignore[no-untyped-def]
+    q = np.quantile(np.asarray(result.image, np.float64), [0.1, 0.5, 0.9])
+    return {f"q{i}": float(v) for i, v in enumerate(q)}

@@ -178,3 +178,27 @@ def test_two_parameter_sweep_builds_a_grid_and_heatmap():
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any('"heatmap"' in s and '"best"' in s for s in specs), "metric heatmap with the best cell marked"
     assert len([c for c in at.caption if c.value.startswith("★ best")]) == 1
+
+
+def test_dataset_wide_histogram_matching_uses_the_chosen_reference():
+    at = _page()
+    _choose_op(at, "enhancement.match_histogram")
+    ref_box = at.selectbox(key=f"{T}.reference")
+    _open_tab(at, "Dataset-wide")
+    assert not at.exception, [e.message for e in at.exception]
+    at.button(key=f"{T}.ds.go").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    done = [c.value for c in at.caption if "images processed" in c.value]
+    assert done and done[0].endswith(", 0 failed."), done
+    runs = [c.value for c in at.caption if "matched to reference" in c.value]
+    assert runs, [c.value for c in at.caption]
+    # another reference is another task: the old result is not shown for it until it is run
+    from analysis.dataset import load_sample
+
+    other = next(r["id"] for r in load_sample().records() if str(r["id"]) != str(ref_box.value)
+                 and r.get("modality") == "MR")
+    at.selectbox(key=f"{T}.reference").set_value(str(other)).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not [c.value for c in at.caption if "images processed" in c.value]
+    at.button(key=f"{T}.ds.go").click().run()
+    assert [c.value for c in at.caption if "images processed" in c.value and c.value.endswith(", 0 failed.")]
