@@ -308,7 +308,18 @@ def run_over_dataset(
     def progress(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"{label}: {done} / {total}")
 
-    df = _batch.batch_map(task, recs, engine=dataset_engine(len(recs)), progress=progress)
+    eng = dataset_engine(len(recs))
+    try:
+        df = _batch.batch_map(task, recs, engine=eng, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - the cluster went away mid-run (items' own errors are rows)
+        if not isinstance(eng, _engine.DaskEngine):
+            raise
+        reason = safe_text(f"{type(exc).__name__}: {exc}", 200)
+        _DASK_FAILED.update(until=time.monotonic() + DASK_RETRY_S, reason=reason)
+        _log.warning("Dask engine failed during a run, redoing it on the local process pool: %s", reason)
+        st.info(f"The Dask cluster failed during the run ({reason}); running on this server's process pool "
+                "instead.", icon=":material/info:")
+        df = _batch.batch_map(task, recs, engine=_batch.default_engine(len(recs)), progress=progress)
     bar.empty()
     meta_cols = [c for c in ("id", "name", "label", "modality", "subject", "role") if c in dataset.entries.columns]
     meta = pd.DataFrame([{c: r.get(c, "") for c in meta_cols} for r in recs])

@@ -151,3 +151,27 @@ def test_run_over_dataset_falls_back_to_the_process_pool_with_a_note(spy, monkey
     at = _run(64)
     assert tried == [] and not isinstance(spy["engine"][-1], DaskEngine)
     assert reason in [e.value.replace("\\", "") for e in at.info][0]
+
+
+class _DiesMidRun(DaskEngine):
+    """A cluster that starts, then loses its scheduler during the run."""
+
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        return object()
+
+    @property
+    def workers(self) -> int:
+        return 2
+
+    def map_chunks(self, func, chunks, on_chunk):  # type: ignore[no-untyped-def]
+        raise OSError("scheduler connection lost")
+
+
+def test_a_cluster_failing_mid_run_is_redone_on_the_process_pool(spy, monkeypatch, sample_dataset):
+    monkeypatch.setattr(E, "default_engine", lambda n, **kw: _DiesMidRun(2))
+    at = _run(16)  # all 16 rows, none failed: the run was redone
+    assert [type(e) for e in spy["engine"]][0] is _DiesMidRun and len(spy["engine"]) == 2
+    assert not isinstance(spy["engine"][1], DaskEngine)
+    notes = [e.value.replace("\\", "") for e in at.info]
+    assert len(notes) == 1 and "failed during the run" in notes[0] and "scheduler connection lost" in notes[0]
