@@ -59,7 +59,10 @@ def test_filter_the_sample_dataset_and_charts_update(page, app_url, console_erro
     shot(page, "dataset_ct")
 
     page.get_by_text("Quality", exact=True).click()
-    page.get_by_text("severity").first.wait_for(timeout=60_000)
+    # the quality summary table and its Severity filter (get_by_text("severity") would also match the
+    # data grid's hidden accessibility header, which never becomes visible)
+    page.locator('[data-testid="stMultiSelect"]', has_text="Severity").first.wait_for(timeout=60_000)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
     wait_ready(page)
     assert_no_exception(page)
     shot(page, "dataset_quality")
