@@ -22,6 +22,14 @@ def _png(value: int = 7) -> bytes:
     return buf.getvalue()
 
 
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (a process reaped between two checks counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture
 def crashing_decoder(monkeypatch):
     """Point the worker at the stand-in that segfaults on ``crash*`` and hangs on ``hang*``."""
@@ -71,7 +79,7 @@ def test_a_hanging_decoder_is_killed_after_the_timeout(crashing_decoder):
     assert e.value.filename == "hang.png" and "timed out" in e.value.reason
     assert took < 30, "generous ceiling: the timeout is 1.5 s"
     deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+    while any(_alive(p) for p in pids):
         assert time.monotonic() < deadline, "the hung worker was not killed"
         time.sleep(0.1)
     assert sandbox.load_bytes_isolated(_png(6), "next.png")[0].pixels.max() == 6
