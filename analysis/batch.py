@@ -243,9 +243,7 @@ def _reference_plane(frozen_entry: tuple[tuple[str, Any], ...]) -> np.ndarray:
     from analysis.dataset import load_entry
 
     entry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in frozen_entry}
-    ref = load_entry(entry)
-    plane = ref.plane(ref.n_planes // 2) if ref.n_planes > 1 else ref
-    return plane.grey()
+    return load_entry(entry).grey()  # grey() is the middle plane's
 
 
 @dataclass(frozen=True)
@@ -278,7 +276,7 @@ class PipelineTask:
         from analysis.registry import run_chain
 
         image = load_entry(entry)
-        plane = image.plane(image.n_planes // 2) if image.n_planes > 1 else image
+        plane = image.middle_plane()
         before = plane.grey()
         steps = [(k, dict(p)) for k, p in self.steps]
         context: dict[str, Any] = {}

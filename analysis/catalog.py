@@ -975,7 +975,7 @@ def _tune_malloc() -> None:
     _MALLOC_TUNED = True
 
 
-def content_digest(data: bytes) -> str:
+def file_hash(data: bytes) -> str:
     """The catalog's content hash: ``"xxh3:"`` + XXH3-128 hex of the file's bytes.
 
     Used for change detection (incremental ingest) and exact-duplicate groups only — never as
@@ -1009,7 +1009,7 @@ def ingest_file(item: dict[str, Any], *, salt: bytes, max_bytes: int = 2 << 30) 
         return {**base, "status": "failed", "error": exc.reason, "format": _fmt(rel)}
     except OSError as exc:
         return {**base, "status": "failed", "error": f"cannot read the file ({type(exc).__name__})", "format": _fmt(rel)}
-    digest = content_digest(data)
+    digest = file_hash(data)
     base["content_hash"] = digest
     base["size_bytes"] = len(data)
     if item.get("old_hash") and item["old_hash"] == digest:

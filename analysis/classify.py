@@ -819,7 +819,7 @@ def _load_entry_arrays(entry: dict[str, Any]) -> tuple[np.ndarray, tuple[float, 
     from analysis.dataset import load_aux, load_entry
 
     img = load_entry(entry)
-    plane = img.plane(img.n_planes // 2) if img.n_planes > 1 else img
+    plane = img.middle_plane()
     a = plane.grey()
     m = load_aux(entry, "mask_path") if str(entry.get("mask_path", "") or "") else None
     if m is not None and m.shape != a.shape:

@@ -127,8 +127,7 @@ def to_display(
     Colour: 8-bit data shown as stored, 16-bit scaled by the window.
     """
     img = image if isinstance(image, Image) else Image(np.asarray(image))
-    if img.n_planes > 1:
-        img = img.plane(img.n_planes // 2)
+    img = img.middle_plane()
     inv = img.invert if invert is None else invert
     a = img.pixels
     if img.is_rgb:

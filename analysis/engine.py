@@ -58,7 +58,8 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _one_thread_plugin_class():  # type: ignore[no-untyped-def]
+def _one_thread_plugin():  # type: ignore[no-untyped-def]
+    """A worker plugin (defined here: ``distributed`` is imported only when a cluster starts)."""
     from distributed import WorkerPlugin
 
     class OneThreadPerWorker(WorkerPlugin):
@@ -71,11 +72,7 @@ def _one_thread_plugin_class():  # type: ignore[no-untyped-def]
 
             _worker_init()
 
-    return OneThreadPerWorker
-
-
-def _OneThreadPerWorker():  # type: ignore[no-untyped-def]
-    return _one_thread_plugin_class()()
+    return OneThreadPerWorker()
 
 
 _LOCAL: dict[int, Any] = {}
@@ -96,7 +93,7 @@ def _local_client(workers: int):  # type: ignore[no-untyped-def]
                                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
         client = Client(cluster, set_as_default=False)
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # the nanny leaks it into this process
-        client.register_plugin(_OneThreadPerWorker(), name="medlens-one-thread")
+        client.register_plugin(_one_thread_plugin(), name="medlens-one-thread")
         _LOCAL[workers] = client
         return client
 

@@ -741,7 +741,7 @@ def extract_entry(entry: dict[str, Any], **settings: Any) -> dict[str, Any]:
 
     s = FeatureSettings.from_kwargs(**settings)
     image = load_entry(entry)
-    plane = image.plane(image.n_planes // 2) if image.n_planes > 1 else image
+    plane = image.middle_plane()
     a = plane.grey()
     given = None
     if (s.roi == "mask" or "shape" in s.groups) and str(entry.get("mask_path", "") or ""):

@@ -666,7 +666,7 @@ def fuse_pair_entry(
     planes = []
     for k in ("a", "b"):
         img = load_entry(item[k])
-        planes.append(img.plane(img.n_planes // 2) if img.n_planes > 1 else img)
+        planes.append(img.middle_plane())
     ia, ib = planes
     a, b, _, notes = common_grid(ia.grey(), ia.spacing, ib.grey(), ib.spacing, grid=grid)
     rows, _ = compare_methods(a, b, methods=methods, normalise=normalise)

@@ -132,12 +132,17 @@ class Image:
             digest=content_digest(self.digest, f"plane{index}"),
         )
 
+    def middle_plane(self) -> "Image":
+        """The middle slice/frame of a volume or multi-frame (the image itself when 2-D): the
+        plane every dataset-wide run, catalog row and thumbnail uses."""
+        return self.plane(self.n_planes // 2)
+
     def grey(self) -> np.ndarray:
         """2-D float32 greyscale array in physical units (colour → luminance, ITU-R BT.601).
 
         Volumes/multi-frames return the middle plane; call :meth:`plane` first to choose.
         """
-        img = self if self.n_planes == 1 else self.plane(self.n_planes // 2)
+        img = self.middle_plane()
         a = img.pixels
         if img.is_rgb:
             a = a[..., :3].astype(np.float32)

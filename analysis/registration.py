@@ -1640,8 +1640,8 @@ def register_pair_task(item: dict[str, Any], *, key: str, params_json: str = "{}
     params = json.loads(params_json)
     fx, mv = item["fixed"], item["moving"]
     f_img, m_img = load_entry(fx), load_entry(mv)
-    f_img = f_img.plane(f_img.n_planes // 2) if f_img.n_planes > 1 else f_img
-    m_img = m_img.plane(m_img.n_planes // 2) if m_img.n_planes > 1 else m_img
+    f_img = f_img.middle_plane()
+    m_img = m_img.middle_plane()
     if key == "registration.intensity" or key == "registration.bspline":
         if metric == "auto" or "metric" not in params:
             params = {**params, "metric": suggest_metric(fx, mv) if metric == "auto" else metric}

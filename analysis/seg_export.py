@@ -96,7 +96,7 @@ def deidentified_source(image: Image) -> "Any":
 
     from analysis.dicomwrite import deterministic_uid, dicom_bytes
 
-    plane = image if image.n_planes == 1 else image.plane(image.n_planes // 2)
+    plane = image.middle_plane()
     pixels = plane.grey()
     slope, intercept, dtype = _rescale_for(pixels)
     seed = f"medlens-source:{plane.digest}"

@@ -166,7 +166,7 @@ def _make_thumb(entry: dict[str, Any]) -> bytes | None:
         img = ds.load_entry(entry)
     except Exception:  # noqa: BLE001 - a thumbnail failure is shown as a blank tile
         return None
-    plane = img.plane(img.n_planes // 2) if img.n_planes > 1 else img
+    plane = img.middle_plane()
     buf = _io.BytesIO()
     PILImage.fromarray(downsample(to_display(plane), THUMB)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
@@ -270,13 +270,22 @@ def dataset_engine(n_items: int) -> _batch.Engine:
                 _ = eng.client, eng.workers
         return eng
     except Exception as exc:  # noqa: BLE001 - any start-up failure means "no Dask for this run"
-        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":") if not failed else str(exc)
-        if not failed:  # remember for a minute: an unreachable scheduler costs its whole timeout
-            _DASK_FAILED.update(until=time.monotonic() + DASK_RETRY_S, reason=reason)
-            _log.warning("Dask engine unavailable, using the local process pool: %s", reason)
-        st.info(f"The Dask cluster is unavailable ({safe_text(reason, 200)}); running on this server's "
-                "process pool instead.", icon=":material/info:")
+        _dask_fallback(str(exc) if failed else _reason(exc), "is unavailable", remember=not failed)
         return _batch.default_engine(n_items)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+def _dask_fallback(reason: str, what: str, *, remember: bool = True) -> None:
+    """Say (once, on the page and in the log) that this run uses the local process pool, and
+    remember the failure for a minute: an unreachable scheduler costs its whole timeout."""
+    if remember:
+        _DASK_FAILED.update(until=time.monotonic() + DASK_RETRY_S, reason=reason)
+        _log.warning("Dask cluster %s, using the local process pool: %s", what, reason)
+    st.info(f"The Dask cluster {what} ({safe_text(reason, 200)}); running on this server's process pool instead.",
+            icon=":material/info:")
 
 
 DASK_MIN_ITEMS = 8
@@ -314,11 +323,7 @@ def run_over_dataset(
     except Exception as exc:  # noqa: BLE001 - the cluster went away mid-run (items' own errors are rows)
         if not isinstance(eng, _engine.DaskEngine):
             raise
-        reason = safe_text(f"{type(exc).__name__}: {exc}", 200)
-        _DASK_FAILED.update(until=time.monotonic() + DASK_RETRY_S, reason=reason)
-        _log.warning("Dask engine failed during a run, redoing it on the local process pool: %s", reason)
-        st.info(f"The Dask cluster failed during the run ({reason}); running on this server's process pool "
-                "instead.", icon=":material/info:")
+        _dask_fallback(_reason(exc), "failed during the run")
         df = _batch.batch_map(task, recs, engine=_batch.default_engine(len(recs)), progress=progress)
     bar.empty()
     meta_cols = [c for c in ("id", "name", "label", "modality", "subject", "role") if c in dataset.entries.columns]

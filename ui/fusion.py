@@ -148,7 +148,7 @@ def pick_pair(dataset: Dataset | None) -> tuple[tuple[dict, Image], tuple[dict, 
         except LoadError as exc:
             st.error(f"**{safe_text(exc.filename)}** — {safe_text(exc.reason, 300)}")
             return None
-        out.append((entry, img.plane(img.n_planes // 2) if img.n_planes > 1 else img))
+        out.append((entry, img.middle_plane()))
     return out[0], out[1]
 
 

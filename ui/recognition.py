@@ -198,7 +198,7 @@ def bin_advisor(dataset: Dataset, df: pd.DataFrame) -> None:
                 img = data.load(entry)
             except Exception:  # noqa: BLE001 - skipped images are simply left out of the check
                 continue
-            plane = img.plane(img.n_planes // 2) if img.n_planes > 1 else img
+            plane = img.middle_plane()
             a = plane.grey()
             given = data.load_aux(entry, "mask_path") if settings.roi == "mask" else None
             images.append(a)

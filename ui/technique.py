@@ -764,7 +764,7 @@ def _reference_panel(t: str, entry: dict[str, Any]) -> tuple[dict[str, Any], Ima
     except Exception as exc:  # noqa: BLE001
         st.error(f"Cannot load the reference: {safe_text(str(exc), 200)}")
         return None
-    return ref_entry, (ref.plane(ref.n_planes // 2) if ref.n_planes > 1 else ref)
+    return ref_entry, ref.middle_plane()
 
 
 def _box_inputs(t: str, image: Image) -> tuple[tuple[int, ...], tuple[int, ...]]:
