@@ -51,6 +51,7 @@ import secrets
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -230,21 +231,27 @@ def _int_histogram(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if flat.size == 0:
         return None
     dt = flat.dtype
-    mn = int(flat.min())
     if dt.itemsize <= 2 and dt.kind in "iu":
         udt = np.uint16 if dt.itemsize == 2 else np.uint8
-        u = (flat - dt.type(mn)).view(udt) if mn else flat.view(udt)
         if flat.size < _CALCHIST_MAX:
             import cv2
 
-            # OpenCV's histogram is ~3× faster than bincount (no int64 copy); its float32 counts are
-            # exact integers below 2**24 pixels.
-            top = int(u.max()) + 1
-            h = cv2.calcHist([u.reshape(1, -1)], [0], None, [top], [0, top]).reshape(-1).astype(np.int64)
+            # OpenCV: min and max in one pass, and a histogram ~3× faster than bincount (no
+            # int64 copy); its float32 counts are exact integers below 2**24 pixels. Bins are
+            # one stored value wide ([lo, lo + 1) …), so the binning is exact.
+            lo_, hi_ = cv2.minMaxLoc(flat.reshape(1, -1))[:2]
+            mn, mx = int(lo_), int(hi_)
+            if mn >= 0:  # no shift needed: the histogram's range starts at the minimum
+                u, start = flat.view(udt), mn
+            else:
+                u, start = (flat - dt.type(mn)).view(udt), 0
+            nb = mx - mn + 1
+            h = cv2.calcHist([u.reshape(1, -1)], [0], None, [nb], [start, start + nb]).reshape(-1).astype(np.int64)
         else:
-            h = np.bincount(u)
+            mn = int(flat.min())
+            h = np.bincount((flat - dt.type(mn)).view(udt) if mn else flat.view(udt))
     elif dt.kind in "iu":
-        mx = int(flat.max())
+        mn, mx = int(flat.min()), int(flat.max())
         if mx - mn > (1 << 24):
             return None
         h = np.bincount(flat.astype(np.int64) - mn)
@@ -254,25 +261,18 @@ def _int_histogram(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return (nz + mn).astype(np.float64), h[nz]
 
 
-def _spatial_stats(f: np.ndarray, scale: float) -> dict[str, float]:
-    """Sharpness (variance of Laplacian) and Immerkær noise σ of a 2-D float32 plane, times |scale|."""
-    import cv2
+def _spatial_stats(plane: np.ndarray, scale: float) -> dict[str, float]:
+    """Sharpness (variance of the Laplacian) and Immerkær noise σ of a 2-D plane (stored
+    integers or float32), times |scale| (:mod:`analysis.kernels`)."""
+    from analysis.kernels import immerkaer_sigma, laplacian_immerkaer_sums
 
-    m, n = f.shape
+    m, n = plane.shape
     if m < 3 or n < 3:
         return {"sharpness": float("nan"), "noise_sigma": float("nan")}
-    lap = cv2.Laplacian(f, cv2.CV_32F, ksize=1)
+    s1, s2, l1 = laplacian_immerkaer_sums(plane)
     npx = float(m * n)
-    s1 = float(cv2.sumElems(lap)[0])
-    s2 = float(cv2.norm(lap, cv2.NORM_L2SQR))
     var_lap = max(s2 / npx - (s1 / npx) ** 2, 0.0)
-    conv = cv2.sepFilter2D(f, cv2.CV_32F, _D2, _D2)  # M = [1,-2,1]ᵀ[1,-2,1], separable
-    l1 = float(cv2.norm(conv[1:-1, 1:-1], cv2.NORM_L1))
-    sigma = math.sqrt(math.pi / 2.0) * l1 / (6.0 * (m - 2) * (n - 2))
-    return {"sharpness": var_lap * scale * scale, "noise_sigma": sigma * abs(scale)}
-
-
-_D2 = np.array([1, -2, 1], dtype=np.float32)
+    return {"sharpness": var_lap * scale * scale, "noise_sigma": immerkaer_sigma(l1, m, n) * abs(scale)}
 
 
 def image_statistics(stored: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0,
@@ -294,7 +294,7 @@ def image_statistics(stored: np.ndarray, *, slope: float = 1.0, intercept: float
         if slope < 0:
             phys, counts = phys[::-1], counts[::-1]
         out = _hist_stats(phys, counts, modality)
-        out.update(_spatial_stats(plane32, slope))
+        out.update(_spatial_stats(plane if plane.dtype.itemsize <= 2 else plane32, slope))
     else:
         f = a.astype(np.float64) * slope + intercept
         f = f[np.isfinite(f)]
@@ -336,16 +336,35 @@ def perceptual_hashes(plane: np.ndarray) -> tuple[int, int]:
 
 def thumbnail_png(small: np.ndarray, window: tuple[float, float] | None, invert: bool) -> bytes:
     """PNG bytes of an already-downsampled physical-unit image, windowed for display."""
-    import cv2
-
     from analysis.display import window_to_uint8
 
     if window is None:
         lo, hi = np.nanpercentile(small, [1, 99]) if small.size else (0.0, 1.0)
         window = ((lo + hi) / 2.0, max(hi - lo, 1.0))
-    u8 = window_to_uint8(np.nan_to_num(small), window[0], window[1], invert=invert)
-    ok, buf = cv2.imencode(".png", u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    return buf.tobytes() if ok else b""
+    if small.dtype.kind == "f" and not np.isfinite(small).all():
+        small = np.nan_to_num(small)
+    return png_grey8(window_to_uint8(small, window[0], window[1], invert=invert))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return _U32BE.pack(len(body)) + kind + body + _U32BE.pack(zlib.crc32(body, zlib.crc32(kind)))
+
+
+_U32BE = struct.Struct(">I")
+
+
+def png_grey8(u8: np.ndarray) -> bytes:
+    """A greyscale 8-bit PNG of a 2-D uint8 array: filter "none" on every row, zlib level 1.
+
+    For 64×64 thumbnails this is 2.5× faster than ``cv2.imencode`` (which tries libpng's five
+    row filters) and no larger; any PNG reader decodes it to the same pixels.
+    """
+    h, w = u8.shape
+    raw = np.empty((h, w + 1), np.uint8)
+    raw[:, 0] = 0
+    raw[:, 1:] = u8
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _png_chunk(b"IEND", b""))
 
 
 def _small(plane: np.ndarray) -> np.ndarray:

@@ -1,0 +1,125 @@
+"""Compiled per-pixel kernels for the catalog's ingest (Numba), each with a reference path.
+
+Why Numba: the catalog's sharpness (variance of the 4-neighbour Laplacian) and Immerkær noise
+σ of a 512² CT slice took four OpenCV passes over float32 copies (Laplacian, sum, sum of
+squares, separable Immerkær filter + L1 norm: ≈ 0.29 ms, a fifth of the whole per-file ingest).
+One integer pass over the stored pixels gives the same sums exactly in ≈ 0.16 ms. Numba
+compiles it once per machine (``cache=True``: ``__pycache__`` next to this file, like Python's
+own bytecode); without Numba the OpenCV path runs and the results are the same.
+
+Sums are exact: the stored values are 8/16-bit integers, each Laplacian / Immerkær response
+fits an int32, and per-row sums of squares fit an int64 for rows up to 10⁷ pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["laplacian_immerkaer_sums", "HAVE_NUMBA"]
+
+try:  # imported only by the catalog's statistics (lazily), so the 0.2 s import is paid there
+    import numba as _nb
+except Exception:  # noqa: BLE001 - optional speed-up; the OpenCV path is the reference
+    _nb = None
+
+HAVE_NUMBA = _nb is not None
+
+
+def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # module-level functions only: Numba's on-disk cache misses for closures
+    return _nb.njit(cache=True, nogil=True)(fn) if _nb is not None else fn
+
+
+@_jit
+def _refl(k: int, size: int) -> int:  # OpenCV's BORDER_REFLECT_101 for k in [-1, size]
+    if k < 0:
+        return -k
+    if k >= size:
+        return 2 * size - 2 - k
+    return k
+
+
+@_jit
+def _lap_immerkaer(a: Any) -> tuple[float, float, float]:
+    m, n = a.shape
+    s = 0.0
+    s2 = 0.0
+    sab = 0.0
+    up = np.empty(n, np.int32)
+    mid = np.empty(n, np.int32)
+    dn = np.empty(n, np.int32)
+    for j in range(n):
+        up[j] = a[0, j]
+        mid[j] = a[1, j]
+    for i in range(1, m - 1):
+        row = a[i + 1]
+        for j in range(n):
+            dn[j] = row[j]
+        ls = 0
+        ls2 = 0
+        la = 0
+        for j in range(1, n - 1):
+            c = mid[j]
+            h = mid[j - 1] + mid[j + 1]
+            vv = up[j] + dn[j]
+            v = vv + h - 4 * c  # 4-neighbour Laplacian
+            ls += v
+            ls2 += np.int64(v) * np.int64(v)
+            # Immerkær's mask [1 -2 1; -2 4 -2; 1 -2 1]
+            d = up[j - 1] + up[j + 1] + dn[j - 1] + dn[j + 1] - 2 * (vv + h) + 4 * c
+            la += np.int64(abs(d))
+        s += ls
+        s2 += ls2
+        sab += la
+        t = up
+        up = mid
+        mid = dn
+        dn = t
+    # the Laplacian on the border pixels (reflect-101, as cv2.Laplacian), which the interior
+    # loop left out; the Immerkær sum is over the interior only
+    for i in range(m):
+        step = 1 if i == 0 or i == m - 1 else n - 1
+        for j in range(0, n, step):
+            c = np.int64(a[i, j])
+            v = (np.int64(a[_refl(i - 1, m), j]) + np.int64(a[_refl(i + 1, m), j])
+                 + np.int64(a[i, _refl(j - 1, n)]) + np.int64(a[i, _refl(j + 1, n)]) - 4 * c)
+            s += v
+            s2 += float(v) * float(v)
+    return s, s2, sab
+
+
+def laplacian_immerkaer_sums(a: np.ndarray, *, compiled: bool = True) -> tuple[float, float, float]:
+    """(Σ L, Σ L², Σ |M|) of a 2-D array (both sides ≥ 3): L the 4-neighbour Laplacian over
+    every pixel with reflect-101 borders (``cv2.Laplacian(ksize=1)``), M Immerkær's noise mask
+    over the interior. 8/16-bit integer arrays use the compiled integer kernel (``compiled``),
+    everything else OpenCV on float32."""
+    if compiled and a.dtype.kind in "iu" and a.dtype.itemsize <= 2:
+        if HAVE_NUMBA:
+            if not a.dtype.isnative:  # big-endian stored data: Numba takes native byte order only
+                a = a.astype(a.dtype.newbyteorder("="))
+            s, s2, sab = _lap_immerkaer(np.ascontiguousarray(a))
+            return float(s), float(s2), float(sab)
+    return _opencv_sums(a)
+
+
+_D2 = np.array([1, -2, 1], dtype=np.float32)
+
+
+def _opencv_sums(a: np.ndarray) -> tuple[float, float, float]:
+    import cv2
+
+    f = a if a.dtype == np.float32 else a.astype(np.float32)
+    lap = cv2.Laplacian(f, cv2.CV_32F, ksize=1)
+    s1 = float(cv2.sumElems(lap)[0])
+    s2 = float(cv2.norm(lap, cv2.NORM_L2SQR))
+    conv = cv2.sepFilter2D(f, cv2.CV_32F, _D2, _D2)  # M = [1,-2,1]ᵀ[1,-2,1], separable
+    l1 = float(cv2.norm(conv[1:-1, 1:-1], cv2.NORM_L1))
+    return s1, s2, l1
+
+
+def immerkaer_sigma(l1: float, m: int, n: int) -> float:
+    """Immerkær (1996) noise σ from Σ|M| over the (m−2)(n−2) interior pixels."""
+    return math.sqrt(math.pi / 2.0) * l1 / (6.0 * (m - 2) * (n - 2))
