@@ -367,21 +367,30 @@ def png_grey8(u8: np.ndarray) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _png_chunk(b"IEND", b""))
 
 
-def _small(plane: np.ndarray) -> np.ndarray:
+def _small(plane: np.ndarray, stored: np.ndarray | None = None) -> np.ndarray:
+    """``plane`` area-resampled to at most THUMB pixels a side (float32). ``stored``: the same
+    plane as 8/16-bit integers, averaged in exact integer blocks when the factor is whole."""
     import cv2
 
     m, n = plane.shape[:2]
     scale = THUMB / max(m, n)
     if scale >= 1:
         return plane.astype(np.float32, copy=False)
+    if stored is not None and max(m, n) % THUMB == 0:
+        from analysis.kernels import block_mean
+
+        out = block_mean(stored, max(m, n) // THUMB)
+        if out is not None:
+            return out
     size = (max(1, round(n * scale)), max(1, round(m * scale)))
     return cv2.resize(plane.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
 
 
 def _visual(plane32: np.ndarray, slope: float, intercept: float, window: tuple[float, float] | None,
-            invert: bool, stats: dict[str, float]) -> dict[str, Any]:
-    """Thumbnail + perceptual hashes of a float32 plane of stored values (physical = slope·x + intercept)."""
-    small = _small(plane32) * np.float32(slope) + np.float32(intercept)
+            invert: bool, stats: dict[str, float], stored: np.ndarray | None = None) -> dict[str, Any]:
+    """Thumbnail + perceptual hashes of a float32 plane of stored values (physical = slope·x + intercept);
+    ``stored``: the same plane as stored integers, if the caller has it."""
+    small = _small(plane32, stored) * np.float32(slope) + np.float32(intercept)
     win = window
     if win is not None and not (win[1] >= 1 and win[0] + win[1] / 2 > stats["min_value"]
                                 and win[0] - win[1] / 2 < stats["max_value"]):
@@ -867,7 +876,8 @@ def _dicom_image(data: bytes, name: str, salt: bytes) -> dict[str, Any]:
     stats = image_statistics(stored, slope=slope, intercept=icpt, modality=row["modality"], plane32=plane32)
     row.update(stats)
     win = (row["window_center"], row["window_width"]) if row["window_center"] is not None and row["window_width"] else None
-    row.update(_visual(plane32, slope, icpt, win, row.get("photometric") == "MONOCHROME1", stats))
+    row.update(_visual(plane32, slope, icpt, win, row.get("photometric") == "MONOCHROME1", stats,
+                       plane if plane.dtype.kind in "iu" else None))
     if row.get("rows") is None:
         row["rows"], row["cols"] = int(plane.shape[0]), int(plane.shape[1])
     return row

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["laplacian_immerkaer_sums", "HAVE_NUMBA"]
+__all__ = ["laplacian_immerkaer_sums", "block_mean", "immerkaer_sigma", "HAVE_NUMBA"]
 
 try:  # imported only by the catalog's statistics (lazily), so the 0.2 s import is paid there
     import numba as _nb
@@ -89,6 +89,40 @@ def _lap_immerkaer(a: Any) -> tuple[float, float, float]:
             s += v
             s2 += float(v) * float(v)
     return s, s2, sab
+
+
+@_jit
+def _block_mean(a: Any, f: int) -> Any:
+    m, n = a.shape
+    om = m // f
+    on = n // f
+    out = np.empty((om, on), np.float32)
+    acc = np.empty(n, np.int32)  # f ≤ 128: f²·65535 < 2³¹
+    inv = 1.0 / (f * f)
+    for bi in range(om):
+        acc[:] = 0
+        for r in range(bi * f, bi * f + f):
+            row = a[r]
+            for j in range(n):
+                acc[j] += row[j]
+        for bj in range(on):
+            t = 0
+            for k in range(bj * f, bj * f + f):
+                t += acc[k]
+            out[bi, bj] = t * inv
+    return out
+
+
+def block_mean(a: np.ndarray, f: int) -> np.ndarray | None:
+    """Mean of each f×f block of an 8/16-bit integer image whose sides are multiples of f, as
+    float32 — what ``cv2.resize(INTER_AREA)`` computes for an integer factor, with exact integer
+    sums (4× faster here: the catalog's 512² → 64² thumbnail). None when it does not apply."""
+    if not HAVE_NUMBA or a.ndim != 2 or a.dtype.kind not in "iu" or a.dtype.itemsize > 2 or f < 1 \
+            or f > 128 or a.shape[0] % f or a.shape[1] % f:
+        return None
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return _block_mean(np.ascontiguousarray(a), int(f))
 
 
 def laplacian_immerkaer_sums(a: np.ndarray, *, compiled: bool = True) -> tuple[float, float, float]:

@@ -60,3 +60,27 @@ def test_immerkaer_sigma_recovers_gaussian_noise():
     ramp = (np.add.outer(np.arange(100), 2 * np.arange(120)) + 5).astype(np.uint16)
     assert laplacian_immerkaer_sums(ramp)[2] == 0.0
     assert math.isclose(_spatial_stats(ramp, 1.0)["noise_sigma"], 0.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16])
+@pytest.mark.parametrize("shape,f", [((512, 512), 8), ((512, 384), 8), ((256, 256), 4), ((6, 9), 3)])
+def test_block_mean_equals_area_resampling_for_whole_factors(dtype, shape, f):
+    import cv2
+
+    info = np.iinfo(dtype)
+    a = np.random.default_rng(f).integers(info.min, info.max, shape, endpoint=True, dtype=dtype)
+    got = kernels.block_mean(a, f)
+    ref = cv2.resize(a.astype(np.float32), (shape[1] // f, shape[0] // f), interpolation=cv2.INTER_AREA)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * max(abs(info.min), info.max))
+    # a block of known values: its mean exactly
+    b = np.zeros(shape, dtype)
+    b[:f, :f] = np.arange(f * f).reshape(f, f).astype(dtype) % max(2, min(info.max, 100))
+    assert kernels.block_mean(b, f)[0, 0] == pytest.approx(float(b[:f, :f].astype(np.float64).mean()), rel=1e-6)
+
+
+def test_block_mean_declines_what_it_cannot_do_exactly():
+    a = np.zeros((100, 100), np.int16)
+    assert kernels.block_mean(a, 3) is None  # 100 is not a multiple of 3
+    assert kernels.block_mean(a.astype(np.float32), 4) is None  # float data: OpenCV's resize
+    assert kernels.block_mean(np.zeros((4, 4, 4), np.int16), 2) is None
