@@ -1307,18 +1307,30 @@ class _Writer:
         self._snapshot_cost = 0.0
         self.published = False
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One commit (one WAL sync) for several statements, rolled back on any error."""
+        self.con.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
     def ensure_schema(self) -> None:
         cols = ", ".join(f'"{c}" {t}' for c, t in COLUMNS)
-        self.con.execute(f"CREATE TABLE IF NOT EXISTS images ({cols}, PRIMARY KEY (root_id, path))")
-        self.con.execute("CREATE TABLE IF NOT EXISTS roots (root_id VARCHAR PRIMARY KEY, name VARCHAR, kind VARCHAR, "
-                         "first_ingest DOUBLE, last_ingest DOUBLE, complete BOOLEAN)")
-        self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-        existing = {r[0] for r in self.con.execute("SELECT column_name FROM information_schema.columns "
-                                                   "WHERE table_name = 'images'").fetchall()}
-        for c, t in COLUMNS:  # additive schema evolution
-            if c not in existing:
-                self.con.execute(f'ALTER TABLE images ADD COLUMN "{c}" {t}')
+        with self.transaction():
+            self.con.execute(f"CREATE TABLE IF NOT EXISTS images ({cols}, PRIMARY KEY (root_id, path))")
+            self.con.execute("CREATE TABLE IF NOT EXISTS roots (root_id VARCHAR PRIMARY KEY, name VARCHAR, "
+                             "kind VARCHAR, first_ingest DOUBLE, last_ingest DOUBLE, complete BOOLEAN)")
+            self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            existing = {r[0] for r in self.con.execute("SELECT column_name FROM information_schema.columns "
+                                                       "WHERE table_name = 'images'").fetchall()}
+            for c, t in COLUMNS:  # additive schema evolution
+                if c not in existing:
+                    self.con.execute(f'ALTER TABLE images ADD COLUMN "{c}" {t}')
 
     def check_salt(self, salt: bytes) -> None:
         sid = salt_id(salt)
@@ -1505,8 +1517,9 @@ def ingest(
     rid = root_id_for(root)
     report = IngestReport(root_id=rid)
     with cat.writer() as w:
-        w.check_salt(salt)
-        w.register_root(rid, root.name, kind)
+        with w.transaction():
+            w.check_salt(salt)
+            w.register_root(rid, root.name, kind)
         known = w.known(rid)
         todo: list[dict[str, Any]] = []
         present: set[str] = set()

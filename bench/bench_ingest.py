@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # enough files that a run lasts ≥ 1 s: the per-run costs (cluster dispatch, opening and
         # checkpointing the catalog, the last task's tail) are not what "throughput" measures
-        n, repeats = (2000, 3) if args.quick else (4000, 5)
+        n, repeats = (4000, 3) if args.quick else (8000, 5)
         if not args.rss_only:
             throughput(work, n, repeats, "native")
             throughput(work, n // 2, repeats, "rle")
