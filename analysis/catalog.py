@@ -104,6 +104,7 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 COLUMN_NAMES = [c for c, _ in COLUMNS]
 COLUMN_TYPES = dict(COLUMNS)
+_DOUBLE_COLUMNS = [c for c, t in COLUMNS if t == "DOUBLE"]
 STAT_COLUMNS = ["min_value", "max_value", "mean", "std", "p01", "p05", "p25", "p50", "p75", "p95", "p99",
                 "entropy", "sharpness", "noise_sigma", "snr", "background_fraction"]
 NUMERIC_COLUMNS = [c for c, t in COLUMNS if t in ("DOUBLE", "INTEGER", "BIGINT") and c not in
@@ -1364,7 +1365,7 @@ class _Writer:
             return
         import pyarrow as pa
 
-        table = pa.table({c: _arrow_column(c, [r.get(c) for r in rows]) for c in COLUMN_NAMES})
+        table = _arrow_rows(rows)
         self.con.execute("BEGIN")
         try:
             self.con.register("_batch", table)
@@ -1385,9 +1386,11 @@ class _Writer:
                              [r.get("size_bytes"), r.get("mtime_ns"), root_id, r["path"]])
         self.con.execute("COMMIT")
 
-    def delete_missing(self, root_id: str, present: set[str]) -> int:
-        known = [r[0] for r in self.con.execute("SELECT path FROM images WHERE root_id = ?", [root_id]).fetchall()]
-        gone = [p for p in known if p not in present]
+    def delete_missing(self, root_id: str, present: set[str], gone: list[str] | None = None) -> int:
+        """Delete the rows of files no longer under the root (``gone``: already known)."""
+        if gone is None:
+            known = [r[0] for r in self.con.execute("SELECT path FROM images WHERE root_id = ?", [root_id]).fetchall()]
+            gone = [p for p in known if p not in present]
         if gone:
             import pyarrow as pa
 
@@ -1429,6 +1432,33 @@ class _Writer:
             for p in (self.catalog.snapshot_path, self.catalog.want_snapshot_path):
                 with contextlib.suppress(OSError):
                     p.unlink()
+
+
+_ARROW_TYPES = {"VARCHAR": "string", "BIGINT": "int64", "INTEGER": "int32", "DOUBLE": "float64",
+                "BOOLEAN": "bool_", "UBIGINT": "uint64", "BLOB": "binary"}
+
+
+@functools.lru_cache(maxsize=1)
+def _arrow_schema():  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    return pa.schema([(c, getattr(pa, _ARROW_TYPES[COLUMN_TYPES[c]])()) for c in COLUMN_NAMES])
+
+
+def _arrow_rows(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+    """An Arrow table of catalog rows: one C++ pass over the row dicts when they are already
+    normalised (what ``ingest_file`` returns: finite floats or None, ints, str — 0.005 ms a row
+    against 0.03 column by column), else the column-by-column conversion that cleans values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        table = pa.Table.from_pylist(rows, schema=_arrow_schema())
+        if not any(pc.any(pc.invert(pc.is_finite(table[c]))).as_py() for c in _DOUBLE_COLUMNS):  # NaN / ±inf
+            return table
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError, ValueError):
+        pass
+    return pa.table({c: _arrow_column(c, [r.get(c) for r in rows]) for c in COLUMN_NAMES})
 
 
 def _arrow_column(col: str, values: list[Any]):  # type: ignore[no-untyped-def]
@@ -1535,6 +1565,7 @@ def ingest(
                 it["old_hash"] = old[2]
             it["_existed"] = old is not None
             todo.append(it)
+        gone = [p for p in known if p not in present]  # the writer lock keeps this true to the end
         del known
         report.total = len(todo)
         if progress:
@@ -1617,7 +1648,7 @@ def ingest(
                 flush()  # whatever finished is kept, also when the run is interrupted
         if not stopped:
             if prune:
-                report.removed = w.delete_missing(rid, present)
+                report.removed = w.delete_missing(rid, present, gone)
             w.finish_root(rid)
     report.seconds = time.perf_counter() - t0
     return report
