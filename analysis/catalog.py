@@ -77,7 +77,7 @@ THUMB = 64
 CT_AIR_HU = -900.0
 CT_SUBAIR_HU = -1100.0
 CT_PADDING_HU = -1500.0
-COMMIT_ROWS = 256  # ingest commits at least this many rows per transaction …
+COMMIT_ROWS = 1024  # ingest commits at least this many rows per transaction …
 COMMIT_SECONDS = 2.0  # … or what finished in this long, whichever comes first
 
 #: (column, DuckDB type) — the catalog's one table, ``images``.
@@ -1631,7 +1631,8 @@ def ingest(
 
         def flush() -> None:
             """Commit the finished rows: one transaction per ≥ COMMIT_ROWS rows or COMMIT_SECONDS
-            (a kill loses at most that much work; 64-row commits cost 0.10 ms a row, 256-row 0.04)."""
+            (a kill loses at most that much work; measured writer CPU a row: 0.12 ms in 64-row
+            commits, 0.05 ms in 256-row, 0.02 ms in 1 024-row ones)."""
             if pending:
                 w.upsert([r for r in pending if not existed.get(r["path"])], replace=False)
                 w.upsert([r for r in pending if existed.get(r["path"])], replace=True)

@@ -47,7 +47,13 @@ def configure_dask() -> None:
                      # every 2 s, not 0.5 s, and skip the disk / network counters
                      "distributed.admin.system-monitor.interval": "2s",
                      "distributed.admin.system-monitor.disk": False,
-                     "distributed.admin.system-monitor.host-cpu": False})
+                     "distributed.admin.system-monitor.host-cpu": False,
+                     # an idle 2-worker local cluster used 4.4 % of a core in this process (scheduler,
+                     # nannies, client) and 1.8 % in each worker, taken from the work on a 2-core
+                     # machine: event-loop health checks every 0.2 s instead of 20 ms, memory
+                     # checks every 0.5 s instead of 0.1 s (the nanny still stops a runaway worker)
+                     "distributed.admin.tick.interval": "200ms",
+                     "distributed.worker.memory.monitor-interval": "500ms"})
     os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
 
 
