@@ -85,6 +85,9 @@ def _worker_init() -> None:
         threadpool_limits(1)
     except Exception:  # noqa: BLE001
         pass
+    from analysis.kernels import enable_compiled
+
+    enable_compiled()  # batch processes: Numba's memory and start-up pay off here
 
 
 class Engine(Protocol):

@@ -48,6 +48,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from analysis import catalog as cat
+    from analysis.kernels import enable_compiled
+
+    enable_compiled()  # a batch job: also when it runs in this process (--engine serial)
 
     root = Path(args.path).expanduser()
     if not root.is_dir():

@@ -143,7 +143,9 @@ def _run_task(func: Callable[[Any], dict], batch: "_Batch | list[tuple[int, Any]
     import pickle
 
     from analysis.batch import _run_chunk
+    from analysis.kernels import enable_compiled
 
+    enable_compiled()  # a Dask worker (local or an external cluster's) is a batch process
     return pickle.dumps(_run_chunk(func, batch.items if isinstance(batch, _Batch) else batch),
                         protocol=pickle.HIGHEST_PROTOCOL)
 

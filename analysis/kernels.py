@@ -3,10 +3,13 @@
 Why Numba: the catalog's sharpness (variance of the 4-neighbour Laplacian) and Immerkær noise
 σ of a 512² CT slice took four OpenCV passes over float32 copies (Laplacian, sum, sum of
 squares, separable Immerkær filter + L1 norm: ≈ 0.29 ms, a fifth of the whole per-file ingest).
-One integer pass over the stored pixels gives the same sums exactly in ≈ 0.16 ms. Numba
-compiles it once per app folder (``cache=True``, in ``MEDLENS_HOME/cache/numba``; ≈ 0.7 s per
-pixel type the first time, 0.2 s to load after); without Numba the OpenCV path runs and the
-results are the same.
+One integer pass over the stored pixels gives the same sums exactly in ≈ 0.16 ms. The 512² → 64²
+thumbnail's block means likewise (0.04 vs 0.07–0.12 ms for ``cv2.resize(INTER_AREA)``).
+
+The compiled kernels run in batch processes only — Dask / process-pool workers and the
+``medlens ingest`` command (:func:`enable_compiled`); Numba compiles them once per app folder
+(``cache=True``, in ``MEDLENS_HOME/cache/numba``; ≈ 0.7 s per pixel type the first time, 0.2 s
+to load after). Elsewhere, or without Numba, the OpenCV path runs and the numbers are the same.
 
 Sums are exact: the stored values are 8/16-bit integers, each Laplacian / Immerkær response
 fits an int32, and per-row sums of squares fit an int64 for rows up to 10⁷ pixels.
@@ -16,46 +19,68 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["laplacian_immerkaer_sums", "block_mean", "immerkaer_sigma", "HAVE_NUMBA"]
+__all__ = ["laplacian_immerkaer_sums", "block_mean", "immerkaer_sigma", "enable_compiled", "have_numba"]
 
 
-def _cache_dir() -> None:
-    """Numba's compiled-code cache goes under the app's own folder (``MEDLENS_HOME``), not next
-    to the source or in the user's home."""
-    if not os.environ.get("NUMBA_CACHE_DIR"):
+_ON = os.environ.get("MEDLENS_COMPILED_KERNELS", "") == "1"
+_COMPILED: dict[str, Callable[..., Any]] | None = None
+_LOCK = threading.Lock()
+
+
+def enable_compiled(on: bool = True) -> None:
+    """Use the compiled kernels in this process. Worker processes turn them on
+    (:func:`analysis.batch._worker_init`): Numba and LLVM add ≈ 230 MB to a process and 0.4 s to
+    its first image, worth it where thousands of files go through, not in the web server's
+    own process for a handful (the OpenCV path gives the same numbers)."""
+    global _ON
+    _ON = on
+    if on:
+        os.environ["MEDLENS_COMPILED_KERNELS"] = "1"  # also for processes this one starts
+    else:
+        os.environ.pop("MEDLENS_COMPILED_KERNELS", None)
+
+
+def compiled_enabled() -> bool:
+    return _ON
+
+
+def have_numba() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
+def _compiled() -> dict[str, Callable[..., Any]] | None:
+    """The jitted kernels (compiled on first use, or loaded from the cache), or None."""
+    global _COMPILED
+    if not _ON:
+        return None
+    if _COMPILED is None:
+        with _LOCK:
+            if _COMPILED is None:
+                _COMPILED = _build()
+    return _COMPILED or None
+
+
+def _build() -> dict[str, Callable[..., Any]]:
+    if not os.environ.get("NUMBA_CACHE_DIR"):  # the cache goes under the app's own folder
         from analysis.dataset import app_home
 
         os.environ["NUMBA_CACHE_DIR"] = str(app_home() / "cache" / "numba")
-
-
-_cache_dir()
-try:  # imported only by the catalog's statistics (lazily), so the 0.2 s import is paid there
-    import numba as _nb
-except Exception:  # noqa: BLE001 - optional speed-up; the OpenCV path is the reference
-    _nb = None
-
-HAVE_NUMBA = _nb is not None
-
-
-def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    try:
+        import numba
+    except Exception:  # noqa: BLE001 - optional speed-up; the OpenCV path is the reference
+        return {}
     # module-level functions only: Numba's on-disk cache misses for closures
-    return _nb.njit(cache=True, nogil=True)(fn) if _nb is not None else fn
+    jit = numba.njit(cache=True, nogil=True)
+    return {"lap_immerkaer": jit(_lap_immerkaer), "block_mean": jit(_block_mean)}
 
 
-@_jit
-def _refl(k: int, size: int) -> int:  # OpenCV's BORDER_REFLECT_101 for k in [-1, size]
-    if k < 0:
-        return -k
-    if k >= size:
-        return 2 * size - 2 - k
-    return k
-
-
-@_jit
 def _lap_immerkaer(a: Any) -> tuple[float, float, float]:
     m, n = a.shape
     s = 0.0
@@ -97,14 +122,16 @@ def _lap_immerkaer(a: Any) -> tuple[float, float, float]:
         step = 1 if i == 0 or i == m - 1 else n - 1
         for j in range(0, n, step):
             c = np.int64(a[i, j])
-            v = (np.int64(a[_refl(i - 1, m), j]) + np.int64(a[_refl(i + 1, m), j])
-                 + np.int64(a[i, _refl(j - 1, n)]) + np.int64(a[i, _refl(j + 1, n)]) - 4 * c)
+            iu = i - 1 if i > 0 else 1  # reflect-101: index −1 is 1, index m is m − 2
+            idn = i + 1 if i < m - 1 else m - 2
+            jl = j - 1 if j > 0 else 1
+            jr = j + 1 if j < n - 1 else n - 2
+            v = (np.int64(a[iu, j]) + np.int64(a[idn, j]) + np.int64(a[i, jl]) + np.int64(a[i, jr]) - 4 * c)
             s += v
             s2 += float(v) * float(v)
     return s, s2, sab
 
 
-@_jit
 def _block_mean(a: Any, f: int) -> Any:
     m, n = a.shape
     om = m // f
@@ -130,12 +157,15 @@ def block_mean(a: np.ndarray, f: int) -> np.ndarray | None:
     """Mean of each f×f block of an 8/16-bit integer image whose sides are multiples of f, as
     float32 — what ``cv2.resize(INTER_AREA)`` computes for an integer factor, with exact integer
     sums (4× faster here: the catalog's 512² → 64² thumbnail). None when it does not apply."""
-    if not HAVE_NUMBA or a.ndim != 2 or a.dtype.kind not in "iu" or a.dtype.itemsize > 2 or f < 1 \
+    if a.ndim != 2 or a.dtype.kind not in "iu" or a.dtype.itemsize > 2 or f < 1 \
             or f > 128 or a.shape[0] % f or a.shape[1] % f:
+        return None
+    k = _compiled()
+    if k is None:
         return None
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return _block_mean(np.ascontiguousarray(a), int(f))
+    return k["block_mean"](np.ascontiguousarray(a), int(f))
 
 
 def laplacian_immerkaer_sums(a: np.ndarray, *, compiled: bool = True) -> tuple[float, float, float]:
@@ -144,10 +174,11 @@ def laplacian_immerkaer_sums(a: np.ndarray, *, compiled: bool = True) -> tuple[f
     over the interior. 8/16-bit integer arrays use the compiled integer kernel (``compiled``),
     everything else OpenCV on float32."""
     if compiled and a.dtype.kind in "iu" and a.dtype.itemsize <= 2:
-        if HAVE_NUMBA:
+        k = _compiled()
+        if k is not None:
             if not a.dtype.isnative:  # big-endian stored data: Numba takes native byte order only
                 a = a.astype(a.dtype.newbyteorder("="))
-            s, s2, sab = _lap_immerkaer(np.ascontiguousarray(a))
+            s, s2, sab = k["lap_immerkaer"](np.ascontiguousarray(a))
             return float(s), float(s2), float(sab)
     return _opencv_sums(a)
 

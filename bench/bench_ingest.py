@@ -130,6 +130,9 @@ def throughput(work: Path, n: int, repeats: int, syntax: str = "native") -> dict
             cpu[k].append(c)
     # In-process ingest last, on its own: it leaves this process' heap and GC state larger, which
     # measurably slowed the Dask runs' client side (~10 % on the 2-worker wall time) when interleaved.
+    from analysis.kernels import enable_compiled
+
+    enable_compiled()  # as `medlens ingest --engine serial` does (the web server's process does not)
     jobs["serial"] = lambda: _ours(folder, SerialEngine(), work)
     wall["serial"], cpu["serial"] = [], []
     for _ in range(repeats):

@@ -100,6 +100,9 @@ def test_loopback_scheduler_and_worker_ingest_same_rows_as_serial(tmp_path, loop
     assert len(pids) == 2 and os.getpid() not in pids.values()
     env = eng.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(env.values()) == {None}
+    # the workers ran the compiled statistics kernels (batch processes turn them on)
+    compiled = eng.client.run(lambda: __import__("analysis.kernels", fromlist=["_compiled"])._compiled() is not None)
+    assert set(compiled.values()) == {True}
     eng.close()
     assert rep.added == 131 and rep.failed == 1
     # 131 files on 2 workers: tasks of ceil(131 / 8) = 17 files (4 tasks per worker), not 16-file
