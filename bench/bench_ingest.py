@@ -105,6 +105,7 @@ def throughput(work: Path, n: int, repeats: int, syntax: str = "native") -> dict
     from analysis.batch import SerialEngine
     from analysis.engine import DaskEngine
 
+    shutil.rmtree(work / f"tp_{syntax}", ignore_errors=True)  # exactly n files, also in a reused --dir
     folder = generate(work / f"tp_{syntax}", n, size=512, seed=1, progress=False, syntax=syntax)
     files = sorted(folder.rglob("*.dcm"))
     for f in files:  # warm the page cache for everybody
@@ -218,9 +219,11 @@ def peak_rss(folder: Path, work: Path) -> tuple[int, float]:
 
 
 def memory(work: Path, small: int, large: int) -> float:
+    shutil.rmtree(work / "rss", ignore_errors=True)
     big = generate(work / "rss", large, size=256, seed=2, progress=True)
     files = sorted(big.rglob("*.dcm"))
     sub = work / "rss_small"
+    shutil.rmtree(sub, ignore_errors=True)  # a --dir reused from a run of another size
     for f in files[:small]:
         dst = sub / f.relative_to(big)
         dst.parent.mkdir(parents=True, exist_ok=True)
