@@ -17,6 +17,7 @@ fits an int32, and per-row sums of squares fit an int64 for rows up to 10⁷ pix
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -27,6 +28,7 @@ import numpy as np
 __all__ = ["laplacian_immerkaer_sums", "block_mean", "immerkaer_sigma", "enable_compiled", "have_numba"]
 
 
+_LOG = logging.getLogger(__name__)
 _ON = os.environ.get("MEDLENS_COMPILED_KERNELS", "") == "1"
 _COMPILED: dict[str, Callable[..., Any]] | None = None
 _LOCK = threading.Lock()
@@ -77,8 +79,30 @@ def _build() -> dict[str, Callable[..., Any]]:
     except Exception:  # noqa: BLE001 - optional speed-up; the OpenCV path is the reference
         return {}
     # module-level functions only: Numba's on-disk cache misses for closures
-    jit = numba.njit(cache=True, nogil=True)
-    return {"lap_immerkaer": jit(_lap_immerkaer), "block_mean": jit(_block_mean)}
+    for cache in (True, False):  # no writable cache folder: compile in memory each process
+        try:
+            jit = numba.njit(cache=cache, nogil=True)
+            return {"lap_immerkaer": jit(_lap_immerkaer), "block_mean": jit(_block_mean)}
+        except Exception as exc:  # noqa: BLE001
+            _LOG.warning("compiled kernels%s unavailable (%s)", " with a disk cache" if cache else "",
+                         type(exc).__name__)
+    return {}
+
+
+def _call(name: str, *args: Any) -> Any:
+    """Run a compiled kernel; None (→ the OpenCV path) if there is none or it fails — a
+    compilation or LLVM error turns the compiled kernels off for this process, once."""
+    global _COMPILED
+    k = _compiled()
+    if k is None:
+        return None
+    try:
+        return k[name](*args)
+    except Exception as exc:  # noqa: BLE001 - never a reason for a file to fail
+        _LOG.warning("compiled kernel %s failed (%s); using the OpenCV path in this process",
+                     name, type(exc).__name__)
+        _COMPILED = {}
+        return None
 
 
 def _lap_immerkaer(a: Any) -> tuple[float, float, float]:
@@ -160,12 +184,11 @@ def block_mean(a: np.ndarray, f: int) -> np.ndarray | None:
     if a.ndim != 2 or a.dtype.kind not in "iu" or a.dtype.itemsize > 2 or f < 1 \
             or f > 128 or a.shape[0] % f or a.shape[1] % f:
         return None
-    k = _compiled()
-    if k is None:
+    if _compiled() is None:
         return None
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return k["block_mean"](np.ascontiguousarray(a), int(f))
+    return _call("block_mean", np.ascontiguousarray(a), int(f))
 
 
 def laplacian_immerkaer_sums(a: np.ndarray, *, compiled: bool = True) -> tuple[float, float, float]:
@@ -174,12 +197,12 @@ def laplacian_immerkaer_sums(a: np.ndarray, *, compiled: bool = True) -> tuple[f
     over the interior. 8/16-bit integer arrays use the compiled integer kernel (``compiled``),
     everything else OpenCV on float32."""
     if compiled and a.dtype.kind in "iu" and a.dtype.itemsize <= 2:
-        k = _compiled()
-        if k is not None:
+        if _compiled() is not None:
             if not a.dtype.isnative:  # big-endian stored data: Numba takes native byte order only
                 a = a.astype(a.dtype.newbyteorder("="))
-            s, s2, sab = k["lap_immerkaer"](np.ascontiguousarray(a))
-            return float(s), float(s2), float(sab)
+            got = _call("lap_immerkaer", np.ascontiguousarray(a))
+            if got is not None:
+                return float(got[0]), float(got[1]), float(got[2])
     return _opencv_sums(a)
 
 

@@ -116,3 +116,16 @@ def test_block_mean_declines_what_it_cannot_do_exactly():
     assert kernels.block_mean(a, 3) is None  # 100 is not a multiple of 3
     assert kernels.block_mean(a.astype(np.float32), 4) is None  # float data: OpenCV's resize
     assert kernels.block_mean(np.zeros((4, 4, 4), np.int16), 2) is None
+
+
+def test_a_failing_compiled_kernel_falls_back_to_the_same_numbers(monkeypatch):
+    a = np.random.default_rng(5).integers(-1000, 3000, (40, 48)).astype(np.int16)
+    ref = laplacian_immerkaer_sums(a, compiled=False)
+
+    def broken(*_args):
+        raise RuntimeError("LLVM ERROR")
+
+    monkeypatch.setattr(kernels, "_COMPILED", {"lap_immerkaer": broken, "block_mean": broken})
+    assert laplacian_immerkaer_sums(a) == ref  # the file does not fail: OpenCV gives the sums
+    assert kernels._compiled() is None  # and the compiled kernels are off for this process
+    assert kernels.block_mean(a[:40, :40], 4) is None  # → the caller's cv2.resize
