@@ -277,17 +277,15 @@ def _spatial_stats(plane: np.ndarray, scale: float) -> dict[str, float]:
 
 
 def image_statistics(stored: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0,
-                     modality: str = "", plane32: np.ndarray | None = None) -> dict[str, float]:
+                     modality: str = "") -> dict[str, float]:
     """Statistics in physical units (``slope·stored + intercept``) of a greyscale array.
 
     ``stored`` is (M, N) or (P, M, N); integer arrays take the single-bincount path, float
     arrays a float path with the same definitions. Spatial measures (sharpness, noise) use
-    the middle plane (``plane32``: that plane as float32, if the caller has it already).
+    the middle plane.
     """
     a = np.asarray(stored)
     plane = a[a.shape[0] // 2] if a.ndim == 3 else a
-    if plane32 is None:
-        plane32 = plane.astype(np.float32)
     hist = _int_histogram(a) if a.dtype.kind in "iu" else None
     if hist is not None:
         values, counts = hist
@@ -295,7 +293,7 @@ def image_statistics(stored: np.ndarray, *, slope: float = 1.0, intercept: float
         if slope < 0:
             phys, counts = phys[::-1], counts[::-1]
         out = _hist_stats(phys, counts, modality)
-        out.update(_spatial_stats(plane if plane.dtype.itemsize <= 2 else plane32, slope))
+        out.update(_spatial_stats(plane, slope))
     else:
         f = a.astype(np.float64) * slope + intercept
         f = f[np.isfinite(f)]
@@ -303,7 +301,7 @@ def image_statistics(stored: np.ndarray, *, slope: float = 1.0, intercept: float
             raise ValueError("the image has no finite pixel values")
         values, counts = np.unique(f, return_counts=True)
         out = _hist_stats(values, counts, modality)
-        p = plane32 * np.float32(slope) + np.float32(intercept)
+        p = plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         out.update(_spatial_stats(np.nan_to_num(p), 1.0))
     ref_bg = out.pop("_mean_bg")
     mean_fg = out.pop("_mean_fg")
@@ -368,30 +366,29 @@ def png_grey8(u8: np.ndarray) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _png_chunk(b"IEND", b""))
 
 
-def _small(plane: np.ndarray, stored: np.ndarray | None = None) -> np.ndarray:
-    """``plane`` area-resampled to at most THUMB pixels a side (float32). ``stored``: the same
-    plane as 8/16-bit integers, averaged in exact integer blocks when the factor is whole."""
+def _small(plane: np.ndarray) -> np.ndarray:
+    """``plane`` area-resampled to at most THUMB pixels a side (float32); 8/16-bit integer
+    planes in exact integer blocks when the factor is whole (:func:`analysis.kernels.block_mean`)."""
     import cv2
 
     m, n = plane.shape[:2]
     scale = THUMB / max(m, n)
     if scale >= 1:
         return plane.astype(np.float32, copy=False)
-    if stored is not None and max(m, n) % THUMB == 0:
+    if max(m, n) % THUMB == 0:
         from analysis.kernels import block_mean
 
-        out = block_mean(stored, max(m, n) // THUMB)
+        out = block_mean(plane, max(m, n) // THUMB)
         if out is not None:
             return out
     size = (max(1, round(n * scale)), max(1, round(m * scale)))
     return cv2.resize(plane.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
 
 
-def _visual(plane32: np.ndarray, slope: float, intercept: float, window: tuple[float, float] | None,
-            invert: bool, stats: dict[str, float], stored: np.ndarray | None = None) -> dict[str, Any]:
-    """Thumbnail + perceptual hashes of a float32 plane of stored values (physical = slope·x + intercept);
-    ``stored``: the same plane as stored integers, if the caller has it."""
-    small = _small(plane32, stored) * np.float32(slope) + np.float32(intercept)
+def _visual(plane: np.ndarray, slope: float, intercept: float, window: tuple[float, float] | None,
+            invert: bool, stats: dict[str, float]) -> dict[str, Any]:
+    """Thumbnail + perceptual hashes of a 2-D plane of stored values (physical = slope·x + intercept)."""
+    small = _small(plane) * np.float32(slope) + np.float32(intercept)
     win = window
     if win is not None and not (win[1] >= 1 and win[0] + win[1] / 2 > stats["min_value"]
                                 and win[0] - win[1] / 2 < stats["max_value"]):
@@ -873,12 +870,10 @@ def _dicom_image(data: bytes, name: str, salt: bytes) -> dict[str, Any]:
     if (h.integer("SamplesPerPixel") or 1) >= 3 and stored.ndim >= 3 and stored.shape[-1] in (3, 4):
         stored = (0.299 * stored[..., 0] + 0.587 * stored[..., 1] + 0.114 * stored[..., 2]).astype(np.float32)  # luminance
     plane = stored[stored.shape[0] // 2] if stored.ndim == 3 else stored
-    plane32 = plane.astype(np.float32)
-    stats = image_statistics(stored, slope=slope, intercept=icpt, modality=row["modality"], plane32=plane32)
+    stats = image_statistics(stored, slope=slope, intercept=icpt, modality=row["modality"])
     row.update(stats)
     win = (row["window_center"], row["window_width"]) if row["window_center"] is not None and row["window_width"] else None
-    row.update(_visual(plane32, slope, icpt, win, row.get("photometric") == "MONOCHROME1", stats,
-                       plane if plane.dtype.kind in "iu" else None))
+    row.update(_visual(plane, slope, icpt, win, row.get("photometric") == "MONOCHROME1", stats))
     if row.get("rows") is None:
         row["rows"], row["cols"] = int(plane.shape[0]), int(plane.shape[1])
     return row
@@ -945,10 +940,9 @@ def _other_image(data: bytes, name: str, path: Path) -> dict[str, Any]:
         row["bits_stored"] = int(bd)
     if img.window:
         row["window_center"], row["window_width"] = float(img.window[0]), float(img.window[1])
-    plane32 = (a[a.shape[0] // 2] if a.ndim == 3 else a).astype(np.float32)
-    stats = image_statistics(a, modality=row["modality"], plane32=plane32)
+    stats = image_statistics(a, modality=row["modality"])
     row.update(stats)
-    row.update(_visual(plane32, 1.0, 0.0, img.window, bool(img.invert), stats))
+    row.update(_visual(a[a.shape[0] // 2] if a.ndim == 3 else a, 1.0, 0.0, img.window, bool(img.invert), stats))
     return row
 
 
@@ -1363,42 +1357,31 @@ class _Writer:
         """Insert (``replace``: or replace) full rows, committed as one transaction."""
         if not rows:
             return
-        import pyarrow as pa
-
         table = _arrow_rows(rows)
-        self.con.execute("BEGIN")
-        try:
+        with self.transaction():
             self.con.register("_batch", table)
             self.con.execute(f"INSERT {'OR REPLACE ' if replace else ''}INTO images SELECT * FROM _batch")
             self.con.unregister("_batch")
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
 
     def touch(self, root_id: str, rows: list[dict[str, Any]]) -> None:
         """Files whose mtime/size changed but whose content did not: update the stat only."""
         if not rows:
             return
-        self.con.execute("BEGIN")
-        for r in rows:
-            self.con.execute("UPDATE images SET size_bytes = ?, mtime_ns = ? WHERE root_id = ? AND path = ?",
-                             [r.get("size_bytes"), r.get("mtime_ns"), root_id, r["path"]])
-        self.con.execute("COMMIT")
+        with self.transaction():
+            for r in rows:
+                self.con.execute("UPDATE images SET size_bytes = ?, mtime_ns = ? WHERE root_id = ? AND path = ?",
+                                 [r.get("size_bytes"), r.get("mtime_ns"), root_id, r["path"]])
 
-    def delete_missing(self, root_id: str, present: set[str], gone: list[str] | None = None) -> int:
-        """Delete the rows of files no longer under the root (``gone``: already known)."""
-        if gone is None:
-            known = [r[0] for r in self.con.execute("SELECT path FROM images WHERE root_id = ?", [root_id]).fetchall()]
-            gone = [p for p in known if p not in present]
+    def delete_missing(self, root_id: str, gone: list[str]) -> int:
+        """Delete the rows of files no longer under the root (paths the listing did not find)."""
         if gone:
             import pyarrow as pa
 
-            self.con.execute("BEGIN")
-            self.con.register("_gone", pa.table({"path": gone}))
-            self.con.execute("DELETE FROM images WHERE root_id = ? AND path IN (SELECT path FROM _gone)", [root_id])
-            self.con.unregister("_gone")
-            self.con.execute("COMMIT")
+            with self.transaction():
+                self.con.register("_gone", pa.table({"path": gone}))
+                self.con.execute("DELETE FROM images WHERE root_id = ? AND path IN (SELECT path FROM _gone)",
+                                 [root_id])
+                self.con.unregister("_gone")
         return len(gone)
 
     def maybe_publish(self, *, force: bool = False) -> None:
@@ -1462,18 +1445,12 @@ def _arrow_rows(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
 
 
 def _arrow_column(col: str, values: list[Any]):  # type: ignore[no-untyped-def]
+    """One column of rows that are not normalised: non-finite floats become null, numbers and
+    text are coerced to the column's type."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     t = COLUMN_TYPES[col]
-    typ = {"VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
-           "BOOLEAN": pa.bool_(), "UBIGINT": pa.uint64(), "BLOB": pa.binary()}[t]
-    try:  # rows made by ingest_file are already normalised (finite floats or None, ints, str)
-        arr = pa.array(values, type=typ, from_pandas=True)  # from_pandas: NaN → null
-        if t != "DOUBLE" or not pc.any(pc.is_inf(arr)).as_py():
-            return arr
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError, ValueError):
-        pass
+    typ = _arrow_schema().field(col).type
     if t == "DOUBLE":
         values = [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v) for v in values]
     elif t in ("INTEGER", "BIGINT", "UBIGINT"):
@@ -1649,7 +1626,7 @@ def ingest(
                 flush()  # whatever finished is kept, also when the run is interrupted
         if not stopped:
             if prune:
-                report.removed = w.delete_missing(rid, present, gone)
+                report.removed = w.delete_missing(rid, gone)
             w.finish_root(rid)
     report.seconds = time.perf_counter() - t0
     return report

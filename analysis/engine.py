@@ -136,7 +136,7 @@ class _Batch:
         return (_Batch, (self.items,))
 
 
-def _run_task(func: Callable[[Any], dict], batch: "_Batch | list[tuple[int, Any]]") -> bytes:
+def _run_task(func: Callable[[Any], dict], batch: _Batch) -> bytes:
     """One task: the batch's results pickled into one ``bytes`` object. Dask then moves a single
     buffer instead of walking (``sizeof``) and serialising a list of row dicts on the worker's
     event loop — measured 0.04 ms a file of worker CPU for catalog rows."""
@@ -146,8 +146,7 @@ def _run_task(func: Callable[[Any], dict], batch: "_Batch | list[tuple[int, Any]
     from analysis.kernels import enable_compiled
 
     enable_compiled()  # a Dask worker (local or an external cluster's) is a batch process
-    return pickle.dumps(_run_chunk(func, batch.items if isinstance(batch, _Batch) else batch),
-                        protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(_run_chunk(func, batch.items), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class DaskEngine:

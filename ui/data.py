@@ -12,9 +12,9 @@ Caching rules (Streamlit caches are shared by every user of a server):
 from __future__ import annotations
 
 import hashlib
-import time
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
